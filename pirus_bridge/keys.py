@@ -1,0 +1,147 @@
+"""Every Redis key pirus-bridge reads or writes, in one place.
+
+The model starts from the 2010 usage-statistics pipeline (see ``docs/redis-model.md``): the same
+prefixes and set shapes, made safe for memory, privacy and Redis Cluster.
+
+Hash tags: every key one usage event touches atomically carries the item id in braces, e.g.
+``dv:{1234}``, so all of them hash to the same Cluster slot. The braces also read like the
+seed's own ``e:{id}`` notation. Outbox keys carry the gatherer name in braces instead.
+
+Items and metadata
+    ``objectitems``                 set of every item id that has been counted (seed name)
+    ``md:{item}``                   hash: ``oai_identifier``, ``title``, ``doi``, ``mime``,
+                                    ``status`` (``ok`` | ``failed`` | ``none``), ``fetched_at``
+
+Entities (seed post 1: type prefix + md5 of the text, optionally scoped by record id)
+    ``<p>:<md5>``                   string: the entity's text (reverse mapping), e.g. ``n:092f…``
+    ``names``, ``subjects`` …       set per entity type of its entity keys (see ENTITY_TYPES)
+    ``e:{item}``                    set of the entity keys occurring in an item
+    ``e:<entity>``                  set of the item ids an entity occurs in, e.g. ``e:n:092f…``
+    ``b:<bundle>``                  set of entity keys asserted to be one person or thing
+    ``bundles``                     set of bundle names; ``bundleof:<entity>`` its bundle name
+
+Counting (all item-tagged)
+    ``c:{item}``                    hash: COUNTER metrics, fields ``YYYY-MM:<metric code>``
+                                    (TII, UII, TIR, UIR: Total/Unique Item Investigations/Requests)
+    ``dly:{item}``                  hash: daily-unique series, fields ``YYYY-MM-DD:v`` / ``:d``
+    ``dv:{item}`` / ``dd:{item}``   sets of dates the item was viewed / downloaded (seed)
+    ``t:views:{item}`` / ``t:dls:{item}``  all-time daily-unique totals (seed)
+    ``YYYY-MM-DD:{item}:v|d``       set of salted client hashes seen that day (seed rule,
+                                    expires once the day is closed)
+    ``us:{item}:YYYY-MM-DD``        set of ``<session hash>:I|R``, COUNTER unique-per-session
+                                    state for that day (expires once the day is closed)
+    ``dc:{item}:<user hash>:I|R``   last click time of a double-click chain (short TTL)
+
+Processing
+    ``u:<category>``                lines seen per category: ``u:bothits``, ``u:objectviews``,
+                                    ``u:fof``, ``u:other``, ``u:unparsed`` (seed names)
+    ``botlist``                     set of names of sets of robot IP addresses / CIDR ranges (seed)
+    ``salt``                        the generated salt for client hashes, when none is configured
+    ``ingest:<fingerprint>``        hash: a log file's committed offset and reorder buffer
+"""
+
+from __future__ import annotations
+
+OBJECTITEMS = "objectitems"
+BOTLIST = "botlist"
+SALT = "salt"
+BUNDLES = "bundles"
+
+# Seed prefixes for entity keys, and the per-type set that lists them.
+ENTITY_TYPES: dict[str, tuple[str, str]] = {
+    # type name: (key prefix, per-type set)
+    "name": ("n:", "names"),
+    "institution": ("i:", "institutions"),
+    "faculty": ("f:", "faculties"),
+    "subject": ("s:", "subjects"),
+    "keyphrase": ("k:", "keyphrases"),
+    "type": ("type:", "types"),
+    "collection": ("col:", "collections"),
+    "thesis_type": ("tt:", "thesistypes"),
+}
+
+# Seed names for the processing counters, by line category.
+CATEGORY_COUNTERS = {
+    "bot": "u:bothits",
+    "usage": "u:objectviews",
+    "notfound": "u:fof",
+    "other": "u:other",
+    "unparsed": "u:unparsed",
+}
+
+# COUNTER R5 metric codes used as hash fields.
+TII = "TII"  # Total_Item_Investigations
+UII = "UII"  # Unique_Item_Investigations
+TIR = "TIR"  # Total_Item_Requests
+UIR = "UIR"  # Unique_Item_Requests
+METRIC_NAMES = {
+    TII: "Total_Item_Investigations",
+    UII: "Unique_Item_Investigations",
+    TIR: "Total_Item_Requests",
+    UIR: "Unique_Item_Requests",
+}
+
+
+def tag(item: str) -> str:
+    """The Cluster hash tag of an item id (braces inside an id are replaced, so tags hold)."""
+    return "{" + item.replace("{", "(").replace("}", ")") + "}"
+
+
+def metadata(item: str) -> str:
+    return f"md:{tag(item)}"
+
+
+def item_entities(item: str) -> str:
+    return f"e:{tag(item)}"
+
+
+def entity_items(entity_key: str) -> str:
+    return f"e:{entity_key}"
+
+
+def bundle(name: str) -> str:
+    return f"b:{name}"
+
+
+def bundle_of(entity_key: str) -> str:
+    return f"bundleof:{entity_key}"
+
+
+def counter_metrics(item: str) -> str:
+    return f"c:{tag(item)}"
+
+
+def daily(item: str) -> str:
+    return f"dly:{tag(item)}"
+
+
+def dates(item: str, kind: str) -> str:
+    """``dv:`` / ``dd:`` date sets; ``kind`` is ``v`` or ``d``."""
+    return f"d{kind}:{tag(item)}"
+
+
+def totals(item: str, kind: str) -> str:
+    """``t:views:`` / ``t:dls:`` totals; ``kind`` is ``v`` or ``d``."""
+    return f"t:{'views' if kind == 'v' else 'dls'}:{tag(item)}"
+
+
+def day_clients(day: str, item: str, kind: str) -> str:
+    return f"{day}:{tag(item)}:{kind}"
+
+
+def sessions(item: str, day: str) -> str:
+    return f"us:{tag(item)}:{day}"
+
+
+def double_click(item: str, user_hash: str, metric_code: str) -> str:
+    return f"dc:{tag(item)}:{user_hash}:{metric_code}"
+
+
+def ingest_checkpoint(fingerprint: str) -> str:
+    return f"ingest:{fingerprint}"
+
+
+# Outbox keys: one gatherer's keys share the gatherer's hash tag.
+def outbox(gatherer: str, part: str) -> str:
+    """``ob:{gatherer}:<part>``; parts are documented in :mod:`pirus_bridge.outbox`."""
+    return f"ob:{tag(gatherer)}:{part}"

@@ -1,0 +1,429 @@
+"""Parse web-server access log lines (Apache ``LogFormat`` syntax) into :class:`LogRecord` values.
+
+Pure: no I/O. Build a parser once with :meth:`LogFormat.compile` and call ``fmt.parse(line)`` for
+every line; it returns ``None`` for a line that does not parse and never raises.
+
+The named formats ``combined`` (also Nginx's default), ``common`` and ``vhost_combined`` get a
+hand-written fast path (``str.split`` on quotes, timestamps through a cache keyed on the
+timestamp text); any other format, and any line the fast path declines (escaped quotes,
+odd spacing), goes through a regular expression compiled from the format string.
+
+Quoted fields are un-escaped the way Apache and Nginx escape them (``\\"``, ``\\\\``, ``\\xhh``;
+escaped bytes are decoded as UTF-8). A raw NUL character never comes from a web server, so a line
+holding one is treated as corrupt and rejected.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = ["LogFormat", "LogRecord", "NAMED_FORMATS", "apache_time_to_epoch"]
+
+NAMED_FORMATS: dict[str, str] = {
+    "combined": '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"',
+    "common": '%h %l %u %t "%r" %>s %b',
+    "vhost_combined": '%v:%p %h %l %u %t "%r" %>s %O "%{Referer}i" "%{User-Agent}i"',
+}
+NAMED_FORMATS["nginx"] = NAMED_FORMATS["combined"]  # Nginx's built-in "combined" is the same
+
+DEFAULT_MAX_LINE = 16 * 1024
+
+
+@dataclass(slots=True)
+class LogRecord:
+    """One parsed access-log line.
+
+    ``ts`` is the event time in epoch seconds (UTC). ``method`` is ``""`` when the request line
+    is not ``METHOD target [protocol]`` (e.g. ``"-"``); ``url`` then holds the raw request text
+    (``""`` for ``"-"``). ``size`` is ``None`` for ``-``; ``referer``/``user_agent`` are ``""``
+    for ``-``.
+    """
+
+    ip: str
+    ts: int
+    method: str
+    url: str
+    status: int
+    size: int | None
+    referer: str
+    user_agent: str
+    vhost: str | None = None
+    session: str | None = None
+    protocol: str = ""
+
+
+# -- timestamps -------------------------------------------------------------------------------
+
+_MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
+_APACHE_TIME_RE = re.compile(
+    r"(\d\d)/([A-Za-z]{3})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)", re.ASCII
+)
+_TIME_CACHE: dict[str, int] = {}
+_TIME_CACHE_MAX = 4096
+
+
+def apache_time_to_epoch(text: str) -> int | None:
+    """Convert ``10/Oct/2000:13:55:36 -0700`` (no brackets) to UTC epoch seconds.
+
+    Returns ``None`` for anything else, including impossible dates (31/Feb, hour 25, month
+    ``Foo``) and years before 1970. Results are cached: logs repeat the same second many times.
+    """
+    epoch = _TIME_CACHE.get(text)
+    if epoch is not None:
+        return epoch
+    m = _APACHE_TIME_RE.fullmatch(text)
+    if m is None:
+        return None
+    day, mon_name, year, hh, mm, ss, sign, oh, om = m.groups()
+    mon = _MONTHS.get(mon_name.title())
+    y, d, h, mi, s, zh, zm = int(year), int(day), int(hh), int(mm), int(ss), int(oh), int(om)
+    if (
+        mon is None
+        or y < 1970
+        or not 1 <= d <= calendar.monthrange(y, mon)[1]
+        or h > 23
+        or mi > 59
+        or s > 60  # 60: a leap second, as strftime allows
+        or zh > 23
+        or zm > 59
+    ):
+        return None
+    offset = (zh * 3600 + zm * 60) * (-1 if sign == "-" else 1)
+    epoch = calendar.timegm((y, mon, d, h, mi, s, 0, 0, 0)) - offset
+    if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
+        _TIME_CACHE.clear()
+    _TIME_CACHE[text] = epoch
+    return epoch
+
+
+# strftime shorthands that datetime.strptime does not know
+_STRFTIME_EXPAND = {"%T": "%H:%M:%S", "%D": "%m/%d/%y", "%F": "%Y-%m-%d", "%R": "%H:%M"}
+
+
+def _strftime_parser(fmt: str) -> Callable[[str], int | None]:
+    """Return a converter for ``%{fmt}t`` values; times without ``%z`` are taken as UTC."""
+    for short, long in _STRFTIME_EXPAND.items():
+        fmt = fmt.replace(short, long)
+    try:  # validate the format once, at compile time
+        sample = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
+        datetime.strptime(sample.strftime(fmt), fmt)
+    except ValueError as e:
+        raise ValueError(f"unsupported time format {fmt!r} in %{{...}}t: {e}") from e
+    cache: dict[str, int] = {}
+
+    def convert(text: str) -> int | None:
+        epoch = cache.get(text)
+        if epoch is None:
+            try:
+                dt = datetime.strptime(text, fmt)
+            except ValueError:
+                return None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            if len(cache) >= _TIME_CACHE_MAX:
+                cache.clear()
+            epoch = cache[text] = int(dt.timestamp())
+        return epoch
+
+    return convert
+
+
+def _epoch_number(divisor: int) -> Callable[[str], int | None]:
+    def convert(text: str) -> int | None:
+        return int(text) // divisor if text.isdigit() else None
+
+    return convert
+
+
+# -- field helpers ----------------------------------------------------------------------------
+
+_ESCAPE_RE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|.)", re.DOTALL)
+_SIMPLE_ESCAPES = {b'"': b'"', b"\\": b"\\", b"n": b"\n", b"t": b"\t", b"r": b"\r"}
+
+
+def _unescape_one(m: re.Match[bytes]) -> bytes:
+    esc = m.group(1)
+    if len(esc) == 3:
+        return bytes((int(esc[1:], 16),))
+    return _SIMPLE_ESCAPES.get(esc, m.group(0))
+
+
+def _unescape(text: str) -> str:
+    """Undo Apache/Nginx log escaping (``\\"``, ``\\\\``, ``\\xhh``); bytes decode as UTF-8."""
+    if "\\" not in text:
+        return text
+    raw = _ESCAPE_RE.sub(_unescape_one, text.encode("utf-8", "surrogatepass"))
+    return raw.decode("utf-8", "replace")
+
+
+def _split_request(req: str) -> tuple[str, str, str]:
+    """Split ``GET /x HTTP/1.1`` into method, target and protocol (see :class:`LogRecord`)."""
+    parts = req.split(" ")
+    n = len(parts)
+    method = parts[0]
+    if n >= 2 and method.isupper() and parts[1]:
+        if n == 2:
+            return method, parts[1], ""
+        if n == 3:
+            return method, parts[1], parts[2]
+        if parts[-1].startswith("HTTP/"):  # unencoded spaces in the target
+            return method, " ".join(parts[1:-1]), parts[-1]
+    return "", "" if req == "-" else req, ""
+
+
+def _dash_none(value: str) -> str | None:
+    return None if value in ("", "-") else value
+
+
+# -- format compilation -----------------------------------------------------------------------
+
+_DIRECTIVE_RE = re.compile(r"%([<>!,0-9]*)(?:\{([^}]*)\})?[<>]?(\^[a-z]{2}|[A-Za-z%])")
+_QUOTED = r'([^"\\]*(?:\\.[^"\\]*)*)'
+_TOKEN = r"(\S*)"
+_TEXT = r"(.*?)"
+# letter -> (regex when not between quotes, role); role "" means the value is ignored
+_DIRECTIVES: dict[str, tuple[str, str]] = {
+    "h": (r"(\S+)", "host"), "a": (r"(\S+)", "addr"), "l": (_TOKEN, ""), "u": (_TOKEN, ""),
+    "t": (r"\[([^\]]*)\]", "time"), "r": (_TEXT, "request"), "s": (r"(\d{3})", "status"),
+    "b": (r"(-|\d+)", "size"), "B": (r"(\d+)", "size"), "O": (r"(-|\d+)", "size_out"),
+    "i": (_TEXT, "header"), "C": (_TEXT, "other"), "n": (_TEXT, "other"), "e": (_TEXT, "other"),
+    "o": (_TEXT, "other"), "D": (_TOKEN, ""), "T": (_TOKEN, ""), "I": (_TOKEN, ""),
+    "S": (_TOKEN, ""), "p": (_TOKEN, ""), "P": (_TOKEN, ""), "k": (_TOKEN, ""),
+    "X": (_TOKEN, ""), "L": (_TOKEN, ""), "R": (_TOKEN, ""), "f": (_TEXT, ""),
+    "v": (_TOKEN, "vhost"), "V": (_TOKEN, "vhost"), "m": (_TOKEN, "method"),
+    "U": (r"([^\s?]*)", "path"), "q": (r"(\?\S*|)", "query"), "H": (_TOKEN, "protocol"),
+}  # fmt: skip
+
+
+def _canonical(letter: str, arg: str | None) -> str:
+    """Directive key used to match ``session=``/``client=`` options (headers are caseless)."""
+    if arg is None:
+        return f"%{letter}"
+    return f"%{{{arg.lower() if letter in 'io' else arg}}}{letter}"
+
+
+def _tokenize(spec: str) -> list[tuple[str, str | None, str]]:
+    """Split a LogFormat string into ``(literal, None, "")`` and ``("", arg, letter)`` items."""
+    out: list[tuple[str, str | None, str]] = []
+    pos = 0
+    while pos < len(spec):
+        pct = spec.find("%", pos)
+        if pct < 0:
+            pct = len(spec)
+        if pct > pos:  # a format copied from httpd.conf may keep its \" escapes
+            out.append((spec[pos:pct].replace('\\"', '"').replace("\\\\", "\\"), None, ""))
+        if pct == len(spec):
+            break
+        m = _DIRECTIVE_RE.match(spec, pct)
+        if m is None:
+            raise ValueError(f"unknown log format directive {spec[pct:pct + 12]!r}")
+        if m.group(3) == "%":
+            out.append(("%", None, ""))
+        elif m.group(3) not in _DIRECTIVES:
+            raise ValueError(f"unknown log format directive {m.group(0)!r}")
+        else:
+            out.append(("", m.group(2), m.group(3)))
+        pos = m.end()
+    return out
+
+
+class LogFormat:
+    """A compiled access-log format. Build with :meth:`compile`; call :attr:`parse` per line."""
+
+    __slots__ = ("spec", "max_line", "parse", "_regex", "_idx", "_time_conv", "_fast")
+
+    parse: Callable[[str], LogRecord | None]
+
+    def __init__(self, spec: str, session: str | None, client: str | None, max_line: int) -> None:
+        self.spec = spec
+        self.max_line = max_line
+        tokens = _tokenize(spec)
+        parts: list[str] = []
+        idx: dict[str, int] = {}
+        self._time_conv: Callable[[str], int | None] = apache_time_to_epoch
+        keys: set[str] = set()
+        group = 0
+        for i, (literal, arg, letter) in enumerate(tokens):
+            if not letter:
+                parts.append(re.escape(literal))
+                continue
+            quoted = (
+                i > 0 and tokens[i - 1][0].endswith('"')
+                and i + 1 < len(tokens) and tokens[i + 1][0].startswith('"')
+            )  # fmt: skip
+            pattern, role = _DIRECTIVES[letter]
+            key = _canonical(letter, arg)
+            keys.add(key)
+            if letter == "t" and arg and not arg.startswith(("msec_frac", "usec_frac")):
+                fmt = arg.removeprefix("begin:").removeprefix("end:")
+                units = {"sec": 1, "msec": 1000, "usec": 1_000_000}
+                conv = _epoch_number(units[fmt]) if fmt in units else _strftime_parser(fmt)
+                if "time" not in idx:
+                    self._time_conv = conv
+                pattern = r"(\d+)" if fmt in units else r"(.+?)"
+            elif letter == "t" and arg:
+                role = ""
+            elif letter in "ah" and arg == "c":
+                role = ""  # %{c}a / %{c}h: the peer (proxy) address, not the client
+            elif letter == "i":
+                role = {"referer": "referer", "user-agent": "user_agent"}.get(str(arg).lower(), "")
+            if quoted:
+                pattern = _QUOTED
+            group += 1
+            if key == session:
+                idx.setdefault("session", group)
+            if key == client:
+                idx.setdefault("client", group)
+            if role:
+                idx.setdefault(role, group)
+            parts.append(pattern)
+        for option, value in (("session", session), ("client", client)):
+            if value is not None and value not in keys:
+                raise ValueError(f"{option} directive {value} does not appear in {spec!r}")
+        if "addr" not in idx and "host" not in idx and "client" not in idx:
+            raise ValueError(f"log format {spec!r} has no client address (%h or %a)")
+        if "time" not in idx:
+            raise ValueError(f"log format {spec!r} has no time (%t)")
+        if "request" not in idx and "path" not in idx:
+            raise ValueError(f"log format {spec!r} has no request (%r or %U)")
+        if "status" not in idx:
+            raise ValueError(f"log format {spec!r} has no status (%>s or %s)")
+        tail = r"(?:[ \t].*)?" if not parts[-1].endswith("?)") else ""
+        self._regex = re.compile("".join(parts) + tail + r"\Z", re.DOTALL)
+        self._idx = idx
+        self._fast = 0
+        if session is None and client is None:
+            self._fast = {
+                NAMED_FORMATS["combined"]: 1, NAMED_FORMATS["common"]: 2,
+                NAMED_FORMATS["vhost_combined"]: 3,
+            }.get(spec, 0)  # fmt: skip
+        self.parse = self._parse_fast if self._fast else self._parse_regex
+
+    @classmethod
+    def compile(
+        cls,
+        spec: str,
+        *,
+        session: str | None = None,
+        client: str | None = None,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> LogFormat:
+        """Compile ``spec``: a name in :data:`NAMED_FORMATS` or an Apache ``LogFormat`` string.
+
+        ``session`` names the directive that carries a session id, written as in the format
+        (``"%{JSESSIONID}C"``, ``"%{UNIQUE_ID}e"``, ``"%{X-Session}i"``); its value becomes
+        ``LogRecord.session`` (``None`` for ``-``). ``client`` names a directive that holds the
+        client address instead of ``%a``/``%h``, e.g. ``"%{X-Forwarded-For}i"`` behind a proxy
+        (the first address of a list is taken). Lines longer than ``max_line`` characters are
+        rejected unparsed. Raises ``ValueError`` naming an unknown directive, a ``session`` or
+        ``client`` directive missing from the format, or a missing essential field.
+        """
+        spec = NAMED_FORMATS.get(spec, spec)
+
+        def key(directive: str | None) -> str | None:
+            if directive is None:
+                return None
+            toks = _tokenize(directive)
+            if len(toks) != 1 or not toks[0][2]:
+                raise ValueError(f"{directive!r} is not a single log format directive")
+            return _canonical(toks[0][2], toks[0][1])
+
+        return cls(spec, key(session), key(client), max_line)
+
+    def __repr__(self) -> str:
+        return f"LogFormat({self.spec!r})"
+
+    def _parse_fast(self, line: str) -> LogRecord | None:
+        """Parse a combined/common/vhost_combined line; defer anything unusual to the regex."""
+        if len(line) > self.max_line or "\\" in line or "\x00" in line:
+            return self._parse_regex(line)
+        parts = line.split('"')
+        fast = self._fast
+        if len(parts) < (3 if fast == 2 else 7) or (fast != 2 and parts[4] != " "):
+            return self._parse_regex(line)
+        head = parts[0]
+        lb = head.rfind("[")
+        if lb < 0 or not head.endswith("] "):
+            return self._parse_regex(line)
+        start = 0
+        vhost = None
+        if fast == 3:
+            start = head.find(" ") + 1
+            vhost = head[: start - 1].rpartition(":")[0] or None
+        sp = head.find(" ", start)
+        ip = head[start:sp]
+        ts = _TIME_CACHE.get(head[lb + 1 : -2])
+        if ts is None:
+            ts = apache_time_to_epoch(head[lb + 1 : -2])
+        mid = parts[2].split()
+        if ts is None or sp <= start or len(mid) != 2 or len(mid[0]) != 3:
+            return self._parse_regex(line)
+        try:
+            status = int(mid[0])
+            size = None if mid[1] == "-" else int(mid[1])
+        except ValueError:
+            return None
+        if status < 100 or (size is not None and size < 0):
+            return None
+        req = parts[1].split(" ")
+        if len(req) == 3 and req[0].isupper() and req[1]:
+            method, url, protocol = req
+        else:
+            method, url, protocol = _split_request(parts[1])
+        if fast == 2:
+            return LogRecord(ip, ts, method, url, status, size, "", "", None, None, protocol)
+        referer = parts[3]
+        ua = parts[5]
+        return LogRecord(
+            ip, ts, method, url, status, size,
+            "" if referer == "-" else referer, "" if ua == "-" else ua,
+            vhost, None, protocol,
+        )  # fmt: skip
+
+    def _parse_regex(self, line: str) -> LogRecord | None:
+        """Parse any line with the compiled regular expression; ``None`` if it does not match."""
+        if len(line) > self.max_line or "\x00" in line:
+            return None
+        m = self._regex.match(line.rstrip("\r\n"))
+        if m is None:
+            return None
+        g = ("",) + m.groups()
+        idx = self._idx
+        try:
+            return self._record(g, idx)
+        except (ValueError, OverflowError, KeyError):
+            return None
+
+    def _record(self, g: tuple[str, ...], idx: dict[str, int]) -> LogRecord | None:
+        ts = self._time_conv(g[idx["time"]])
+        if ts is None:
+            return None
+        if "client" in idx:
+            ip = _unescape(g[idx["client"]]).split(",")[0].strip()
+        else:
+            ip = g[idx["addr"] if "addr" in idx else idx["host"]]
+        if not ip or ip == "-":
+            return None
+        if "request" in idx:
+            method, url, protocol = _split_request(_unescape(g[idx["request"]]))
+        else:
+            method = g[idx["method"]] if "method" in idx else "GET"
+            url = _unescape(g[idx["path"]]) + (g[idx["query"]] if "query" in idx else "")
+            protocol = g[idx["protocol"]] if "protocol" in idx else ""
+        if "protocol" in idx and not protocol:
+            protocol = g[idx["protocol"]]
+        size_text = g[idx.get("size", idx.get("size_out", 0))]
+        size = None if size_text in ("", "-") else int(size_text)
+        referer = _unescape(g[idx["referer"]]) if "referer" in idx else ""
+        ua = _unescape(g[idx["user_agent"]]) if "user_agent" in idx else ""
+        vhost = _dash_none(g[idx["vhost"]]) if "vhost" in idx else None
+        session = _dash_none(_unescape(g[idx["session"]])) if "session" in idx else None
+        return LogRecord(
+            ip, ts, method, url, int(g[idx["status"]]), size,
+            "" if referer == "-" else referer, "" if ua == "-" else ua,
+            vhost, session, protocol,
+        )  # fmt: skip

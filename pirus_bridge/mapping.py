@@ -1,0 +1,500 @@
+"""Map a logged URL to a repository item: which rule, which item id, which COUNTER metric.
+
+A mapping file (format in ``docs/mappings.md``) is an ordered list of rules. Each rule has a
+``match`` regex with named groups, tried from the start of the URL's path+query as the access log
+records it; the first rule that matches, allows the HTTP method and has no ``exclude`` regex that
+applies, wins. A rule is either a usage rule (``metric`` + ``item`` template) or an ``ignore`` rule
+that stops the search with "not usage". Pure: no I/O other than reading the file in :meth:`load`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from pirus_bridge.events import MetricType
+from pirus_bridge.exceptions import MappingError, Problem
+
+TOP_KEYS = ("description", "oai_identifier", "item_url", "file_url", "rules")
+RULE_KEYS = (
+    "name",
+    "description",
+    "match",
+    "metric",
+    "item",
+    "exclude",
+    "methods",
+    "ignore",
+    "oai_identifier",
+    "item_url",
+    "file_url",
+)
+BUILTINS = frozenset({"host", "base_url", "path", "item"})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+DEFAULT_URL = "{base_url}{path}"  # svc_dat: the URL as logged, made absolute
+DEFAULT_OAI = "oai:{host}:{item}"  # what EPrints and DSpace OAI-PMH endpoints serve by default
+
+# Splits a regex into the pieces that matter when rules are joined into one alternation.
+_TOKEN = re.compile(
+    r"(?P<num>\\[1-9])|\\.|\[\^?\]?(?:\\.|[^\]\\])*\]"
+    r"|\(\?P<(?P<define>\w+)>|\(\?P=(?P<ref>\w+)\)|(?P<bad>\(\?\(|\(\?[aiLmsux-]+\))",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class MappingMatch:
+    """A logged URL recognised as usage of an item."""
+
+    rule: str
+    item: str
+    oai_identifier: str | None
+    metric: MetricType
+    url: str  # absolute svc_dat URL: item page (Investigation) or file (Request)
+
+
+@dataclass(frozen=True)
+class MappingExplanation:
+    """Why a URL maps (or not): for ``mapping test``. ``rule`` is set for usage and ignore rules."""
+
+    url: str
+    path: str | None
+    match: MappingMatch | None
+    rule: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    """One validated rule; templates are ``str.format`` strings over plain names only."""
+
+    name: str
+    line: int
+    regex: re.Pattern[str]
+    metric: MetricType | None  # None: an ignore rule
+    item: str
+    excludes: tuple[re.Pattern[str], ...]
+    methods: frozenset[str]
+    oai_identifier: str | None
+    url: str
+    gate_groups: tuple[tuple[str, str], ...] = ()  # (group name, its name in the joined regex)
+
+
+def request_path(url: str) -> str | None:
+    """Reduce a logged URL to the path+query that rules match; ``None`` if it has no path.
+
+    Paths pass through unchanged (no percent-decoding: rules see the URL as logged); absolute URLs
+    (proxy-style request lines, ``mapping test`` arguments) lose scheme, host and fragment.
+    """
+    if url.startswith("/"):
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc:
+        return None
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+class Mapping:
+    """The rules of one mapping file, bound to a repository's ``host`` and ``base_url``."""
+
+    def __init__(
+        self, rules: Iterable[MappingRule], *, host: str, base_url: str, source: str = "<mapping>"
+    ) -> None:
+        self.rules = tuple(rules)
+        self.host = host
+        self.base_url = base_url.rstrip("/")
+        self.source = source
+        self._gate, self._rules = _join(self.rules)
+        self._by_group = {f"r{i}": (i, rule) for i, rule in enumerate(self._rules)}
+
+    @classmethod
+    def load(cls, path: str | Path, *, host: str, base_url: str) -> Mapping:
+        """Read and validate a mapping file; raise :class:`MappingError` listing every problem."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MappingError([Problem(str(path), f"cannot read mapping: {e}")], str(path)) from e
+        return cls.from_text(text, host=host, base_url=base_url, source=str(path))
+
+    @classmethod
+    def from_text(
+        cls, text: str, *, host: str, base_url: str, source: str = "<mapping>"
+    ) -> Mapping:
+        """Validate mapping YAML given as text; ``source`` names it in problems."""
+        return cls(_parse(text, source), host=host, base_url=base_url, source=source)
+
+    def match(self, url: str, method: str = "GET") -> MappingMatch | None:
+        """The usage this logged URL records, or ``None`` (no rule, or an ignore rule, applies)."""
+        path = url if url[:1] == "/" else request_path(url)
+        if path is None:
+            return None
+        if self._gate is None:
+            return self._scan(path, method.upper(), 0)
+        m = self._gate.match(path)  # one regex call decides every non-matching URL
+        if m is None:
+            return None
+        i, rule = self._by_group[m.lastgroup or ""]
+        method = method.upper()
+        if method not in rule.methods or any(x.search(path) for x in rule.excludes):
+            return self._scan(path, method, i + 1)
+        return self._result(rule, {name: m.group(g) or "" for name, g in rule.gate_groups}, path)
+
+    def explain(self, url: str, method: str = "GET") -> MappingExplanation:
+        """Like :meth:`match`, with the deciding rule and a human reason (for ``mapping test``)."""
+        path, method, notes = request_path(url), method.upper(), []
+        if path is None:
+            return MappingExplanation(url, None, None, None, "not a URL path: nothing to match")
+        for rule in self.rules:
+            m = rule.regex.match(path)
+            if m is None:
+                continue
+            if method not in rule.methods:
+                allowed = ", ".join(sorted(rule.methods))
+                notes.append(
+                    f"rule '{rule.name}' matched but method {method} is not in [{allowed}]"
+                )
+                continue
+            hit = next((x.pattern for x in rule.excludes if x.search(path)), None)
+            if hit is not None:
+                notes.append(f"rule '{rule.name}' matched but exclude '{hit}' applies")
+                continue
+            found = self._result(rule, m.groupdict(""), path)
+            if found is None:
+                notes.append(f"ignore rule '{rule.name}' matched: not usage")
+            else:
+                notes.append(
+                    f"rule '{rule.name}' matched: {found.metric.value} of item {found.item}"
+                )
+            return MappingExplanation(url, path, found, rule.name, "; ".join(notes))
+        notes.append("no other rule matched" if notes else "no rule matched")
+        return MappingExplanation(url, path, None, None, "; ".join(notes))
+
+    def _scan(self, path: str, method: str, start: int) -> MappingMatch | None:
+        """Slow path: try rules one by one from ``start`` (after an exclude or method miss)."""
+        for rule in self._rules[start:]:
+            m = rule.regex.match(path)
+            if m is None or method not in rule.methods:
+                continue
+            if not any(x.search(path) for x in rule.excludes):
+                return self._result(rule, m.groupdict(""), path)
+        return None
+
+    def _result(self, rule: MappingRule, groups: dict[str, str], path: str) -> MappingMatch | None:
+        if rule.metric is None:
+            return None
+        values = {**groups, "host": self.host, "base_url": self.base_url, "path": path}
+        values["item"] = item = rule.item.format_map(values)
+        oai = rule.oai_identifier.format_map(values) if rule.oai_identifier is not None else None
+        return MappingMatch(rule.name, item, oai, rule.metric, rule.url.format_map(values))
+
+
+def explain_json(
+    mapping: Mapping, urls: Iterable[str], method: str = "GET"
+) -> list[dict[str, Any]]:
+    """The ``mapping test --json`` document: one ``{url, rule, item, oai_identifier, metric}`` each.
+
+    ``metric`` is ``"Investigation"``, ``"Request"`` or ``None``; ``rule`` names an ignore rule that
+    matched, and is ``None`` with everything else when no rule applied.
+    """
+    out: list[dict[str, Any]] = []
+    for url in urls:
+        ex = mapping.explain(url, method)
+        m = ex.match
+        out.append(
+            {
+                "url": url,
+                "rule": ex.rule,
+                "item": m.item if m else None,
+                "oai_identifier": m.oai_identifier if m else None,
+                "metric": m.metric.value if m else None,
+            }
+        )
+    return out
+
+
+def _join(rules: tuple[MappingRule, ...]) -> tuple[re.Pattern[str] | None, tuple[MappingRule, ...]]:
+    """One alternation of every rule, its named groups renamed apart, so a URL costs one regex call.
+
+    Alternatives are tried in rule order, so the first alternative that matches is the first rule
+    whose regex matches; ``lastgroup`` names it because its wrapper group closes last. Patterns that
+    renaming cannot keep intact (numbered back-references, conditionals, global flags) turn this
+    off and rules are tried one by one.
+    """
+    parts, joined = [], []
+    for i, rule in enumerate(rules):
+        renamed: list[tuple[str, str]] = []
+        unsafe = False
+
+        def rename(m: re.Match[str], i: int = i, renamed: list[tuple[str, str]] = renamed) -> str:
+            nonlocal unsafe
+            if m["num"] or m["bad"]:
+                unsafe = True
+            elif m["define"]:
+                renamed.append((m["define"], f"g{i}_{m['define']}"))
+                return f"(?P<g{i}_{m['define']}>"
+            elif m["ref"]:
+                return f"(?P=g{i}_{m['ref']})"
+            return m.group()
+
+        pattern = _TOKEN.sub(rename, rule.regex.pattern)
+        if unsafe:
+            return None, rules
+        parts.append(f"(?P<r{i}>{pattern})")
+        joined.append(replace(rule, gate_groups=tuple(renamed)))
+    try:
+        return re.compile("|".join(parts)), tuple(joined)
+    except re.error:
+        return None, rules
+
+
+def _template_fields(template: str) -> list[str]:
+    """Names a template uses; ``ValueError`` for anything but plain ``{name}`` fields."""
+    fields = []
+    for _text, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise ValueError(f"'{{{field}}}' in {template!r}: use plain names such as {{id}}")
+        fields.append(field)
+    return fields
+
+
+class _Checker:
+    """Collects every problem of one file, each as ``file:line`` + ``rule 'name': …``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def add(self, line: int, rule: str | None, problem: str) -> None:
+        head = f"rule '{rule}': " if rule else ""
+        self.problems.append(Problem(f"{self.source}:{line}", head + problem))
+
+    def keys(
+        self,
+        data: dict[Any, Any],
+        lines: dict[str, int],
+        allowed: tuple[str, ...],
+        line: int,
+        rule: str | None,
+    ) -> None:
+        for key in data:
+            if str(key) not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(allowed)}"
+                self.add(lines.get(str(key), line), rule, f"unknown key '{key}' ({hint})")
+
+    def template(
+        self, value: Any, names: set[str], line: int, rule: str | None, key: str
+    ) -> str | None:
+        if not isinstance(value, str):
+            self.add(line, rule, f"{key} must be a string template, not {value!r}")
+            return None
+        try:
+            fields = _template_fields(value)
+        except ValueError as e:
+            self.add(line, rule, f"{key} template: {e}")
+            return None
+        for field in fields:
+            if field not in names:
+                known = ", ".join(sorted(names)) or "none"
+                self.add(
+                    line,
+                    rule,
+                    f"{key} template names '{{{field}}}', which is not a group "
+                    f"of its match regex nor a built-in (available: {known})",
+                )
+        return value
+
+    def regex(self, value: Any, line: int, rule: str, key: str) -> re.Pattern[str] | None:
+        if not isinstance(value, str) or not value:
+            self.add(line, rule, f"{key} must be a non-empty regex string, not {value!r}")
+            return None
+        try:
+            return re.compile(value)
+        except re.error as e:
+            self.add(line, rule, f"bad {key} regex {value!r}: {e}")
+            return None
+
+
+def _key_lines(node: yaml.Node | None, checker: _Checker, rule: str | None) -> dict[str, int]:
+    """1-based line of each key of a mapping node; reports duplicated keys."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, _value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in lines:
+                checker.add(line, rule, f"duplicate key '{name}' (first on line {lines[name]})")
+            lines[name] = line
+    return lines
+
+
+def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1 if mark else 1}"
+        detail = " ".join(x for x in (e.context, e.problem) if x)
+        raise MappingError([Problem(where, f"YAML syntax error: {detail}")], source) from e
+    except yaml.YAMLError as e:
+        raise MappingError([Problem(f"{source}:1", f"YAML error: {e}")], source) from e
+    finally:
+        loader.dispose()
+
+
+def _parse(text: str, source: str) -> list[MappingRule]:
+    data, node = _compose(text, source)
+    check = _Checker(source)
+    if not isinstance(data, dict):
+        check.add(1, None, "a mapping file is a YAML mapping with a 'rules' list")
+        raise MappingError(check.problems, source)
+    top = _key_lines(node, check, None)
+    check.keys(data, top, TOP_KEYS, 1, None)
+    defaults = {
+        key: (data.get(key, fallback), top.get(key, 1))
+        for key, fallback in (
+            ("oai_identifier", DEFAULT_OAI),
+            ("item_url", DEFAULT_URL),
+            ("file_url", DEFAULT_URL),
+        )
+    }
+    raw_rules = data.get("rules")
+    rule_nodes: list[Any] = []
+    if isinstance(node, yaml.MappingNode):
+        rule_nodes = next(
+            (
+                v.value
+                for k, v in node.value
+                if k.value == "rules" and isinstance(v, yaml.SequenceNode)
+            ),
+            [],
+        )
+    if not isinstance(raw_rules, list) or not raw_rules:
+        check.add(top.get("rules", 1), None, "'rules' must be a non-empty list of rules")
+        raw_rules = []
+    rules: list[MappingRule] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_rules):
+        rnode = rule_nodes[index] if index < len(rule_nodes) else None
+        line = rnode.start_mark.line + 1 if rnode is not None else top.get("rules", 1)
+        rule = _rule(raw, rnode, line, index, defaults, check)
+        if rule is not None and rule.name in seen:
+            check.add(line, rule.name, f"duplicate rule name (first on line {seen[rule.name]})")
+        if rule is not None:
+            seen.setdefault(rule.name, line)
+            rules.append(rule)
+    if check.problems:
+        raise MappingError(check.problems, source)
+    return rules
+
+
+def _rule(
+    raw: Any,
+    node: yaml.Node | None,
+    line: int,
+    index: int,
+    defaults: dict[str, tuple[Any, int]],
+    check: _Checker,
+) -> MappingRule | None:
+    if not isinstance(raw, dict):
+        check.add(line, f"#{index + 1}", "a rule must be a mapping with name, match, metric, item")
+        return None
+    name = raw.get("name")
+    label = name if isinstance(name, str) and name else f"#{index + 1}"
+    lines = _key_lines(node, check, label)
+
+    def at(key: str) -> int:
+        return lines.get(key, line)
+
+    check.keys(raw, lines, RULE_KEYS, line, label)
+    if not isinstance(name, str) or not name:
+        check.add(at("name"), label, "missing 'name' (a short unique label)")
+    if "match" not in raw:
+        check.add(line, label, "missing 'match' (a regex with named groups)")
+    regex = check.regex(raw.get("match"), at("match"), label, "match") if "match" in raw else None
+    groups = set(regex.groupindex) if regex else set()
+    for reserved in sorted(groups & BUILTINS):
+        check.add(at("match"), label, f"group name '{reserved}' is reserved for a built-in")
+    excl = raw.get("exclude", [])
+    excl = [excl] if isinstance(excl, str) else excl
+    if not isinstance(excl, list):
+        check.add(at("exclude"), label, "exclude must be a regex or a list of regexes")
+        excl = []
+    excludes = [check.regex(x, at("exclude"), label, "exclude") for x in excl]
+    methods = raw.get("methods", ["GET"])
+    if (
+        not isinstance(methods, list)
+        or not methods
+        or not all(isinstance(m, str) and m.upper() in HTTP_METHODS for m in methods)
+    ):
+        check.add(
+            at("methods"), label, f"methods must be a list of {', '.join(sorted(HTTP_METHODS))}"
+        )
+        methods = ["GET"]
+    ignore = raw.get("ignore", False)
+    if not isinstance(ignore, bool):
+        check.add(at("ignore"), label, f"ignore must be true or false, not {ignore!r}")
+    metric: MetricType | None = None
+    item = url = ""
+    oai: str | None = None
+    if ignore is True:
+        for key in ("metric", "item", "oai_identifier", "item_url", "file_url"):
+            if key in raw:
+                check.add(at(key), label, f"an ignore rule takes no '{key}'")
+    else:
+        if "metric" not in raw:
+            check.add(line, label, "missing 'metric' (investigation or request)")
+        else:
+            try:
+                metric = MetricType.parse(str(raw["metric"]))
+            except ValueError as e:
+                check.add(at("metric"), label, str(e))
+        if "item" not in raw:
+            check.add(line, label, "missing 'item' (a template such as \"{id}\")")
+        else:
+            item = check.template(raw["item"], groups, at("item"), label, "item") or ""
+        names = groups | BUILTINS
+        url_key = "file_url" if metric is MetricType.REQUEST else "item_url"
+        other = "item_url" if url_key == "file_url" else "file_url"
+        if metric is not None and other in raw:
+            check.add(at(other), label, f"'{other}' has no effect on a {metric.value} rule")
+        value, tline = (raw[url_key], at(url_key)) if url_key in raw else defaults[url_key]
+        url = check.template(value, names, tline, label, url_key) or ""
+        value, tline = (
+            (raw["oai_identifier"], at("oai_identifier"))
+            if ("oai_identifier" in raw)
+            else defaults["oai_identifier"]
+        )
+        if value is not None:
+            oai = check.template(value, names, tline, label, "oai_identifier")
+    if regex is None or not isinstance(name, str) or None in excludes:
+        return None
+    return MappingRule(
+        name=name,
+        line=line,
+        regex=regex,
+        metric=metric,
+        item=item,
+        excludes=tuple(x for x in excludes if x is not None),
+        methods=frozenset(m.upper() for m in methods),
+        oai_identifier=oai,
+        url=url,
+    )
