@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 
 from pirus_bridge.config import BotsConfig, CountingConfig
 from pirus_bridge.logparse import LogRecord
@@ -20,7 +20,7 @@ from pirus_bridge.mapping import Mapping, MappingMatch
 CACHE_LIMIT = 200_000
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     UNPARSED = "unparsed"
     BOT = "bot"
     NOTFOUND = "notfound"

@@ -176,7 +176,8 @@ class _Section:
         if self.data.get(key) is None:
             self.problem(key, "is required")
             return None
-        return self.get(key, kind, None)  # type: ignore[arg-type]
+        value: T | None = self.get(key, kind, None)
+        return value
 
     def section(self, key: str) -> _Section:
         self.seen.add(key)
@@ -289,11 +290,11 @@ def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:
     base_url = s.require("base_url", _http_url)
     mapping = s.require("mapping", _string)
     s.finish()
-    if host is None or base_url is None or mapping is None:
-        return None
-    mapping_path = base / mapping
-    if not mapping_path.is_file():
+    mapping_path = base / mapping if mapping is not None else None
+    if mapping_path is not None and not mapping_path.is_file():
         s.problem("mapping", f"no such file: {mapping_path}")
+    if host is None or base_url is None or mapping_path is None:
+        return None
     return RepositoryConfig(host=host, base_url=base_url.rstrip("/"), mapping=mapping_path)
 
 
@@ -312,14 +313,15 @@ def _read_log(s: _Section) -> LogConfig:
 
 
 def _read_bots(s: _Section) -> BotsConfig:
-    networks = []
-    for i, value in enumerate(s.get("ips", _list, [])):
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    no_items: list[Any] = []
+    for i, value in enumerate(s.get("ips", _list, no_items)):
         try:
             networks.append(ipaddress.ip_network(str(value), strict=False))
         except ValueError:
             s.problem(f"ips[{i}]", f"not an IP address or CIDR range: {value!r}")
     patterns = []
-    for i, value in enumerate(s.get("user_agents", _list, [])):
+    for i, value in enumerate(s.get("user_agents", _list, no_items)):
         try:
             patterns.append(re.compile(str(value), re.IGNORECASE))
         except re.error as e:

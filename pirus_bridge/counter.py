@@ -142,7 +142,7 @@ def event_from_json(d: dict[str, object]) -> UsageEvent:
         ts=int(d["ts"]),  # type: ignore[call-overload]
         item=str(d["item"]),
         oai_identifier=None if d.get("oai") is None else str(d["oai"]),
-        metric=MetricType(d["metric"]),
+        metric=MetricType(str(d["metric"])),
         url=str(d["url"]),
         ip=str(d["ip"]),
         user_agent=str(d["ua"]),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class MetricType(str, Enum):
+class MetricType(StrEnum):
     """COUNTER R5 metric types a repository URL can carry (the ``rft_dat`` values of IRUS)."""
 
     INVESTIGATION = "Investigation"  # item page / metadata view

@@ -202,8 +202,10 @@ class Ingester:
             return
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
+        counted_events: list[tuple[UsageEvent, int]] = []  # (event, index of its reply)
         for event in events:
             event = self._with_metadata(event, pipe)
+            counted_events.append((event, len(pipe)))
             ids = self.hasher.identities(event)
             messages = [
                 (g.name, message_id(g.name, event, ids), message_json(event))
@@ -224,8 +226,8 @@ class Ingester:
                 },
             )
         replies = pipe.execute()
-        for event, reply in zip(events, replies, strict=False):
-            counted, enqueued = int(reply[0]), int(reply[1])
+        for event, index in counted_events:
+            counted, enqueued = (int(x) for x in replies[index])
             if not counted:
                 s.double_clicks += 1
             elif event.metric.code == "R":
@@ -277,6 +279,7 @@ def _metadata_cache(cfg: Config, r: redis.Redis) -> Any:
     from pirus_bridge.metadata import MetadataCache, OaiPmhProvider, SolrProvider
 
     provider: Any
+    assert cfg.metadata.url is not None  # the config requires it with a provider
     if cfg.metadata.provider == "oai-pmh":
         provider = OaiPmhProvider(cfg.metadata.url, metadata_prefix=cfg.metadata.metadata_prefix)
     else:

@@ -59,11 +59,47 @@ class LogRecord:
 # -- timestamps -------------------------------------------------------------------------------
 
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
-_APACHE_TIME_RE = re.compile(
-    r"(\d\d)/([A-Za-z]{3})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)", re.ASCII
-)
-_TIME_CACHE: dict[str, int] = {}
+_MINUTE_RE = re.compile(r"(\d\d)/([A-Za-z]{3})/(\d{4}):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)", re.ASCII)
+_SECONDS = {f"{s:02d}": s for s in range(61)}  # 60: a leap second, as strftime allows
 _TIME_CACHE_MAX = 4096
+_TIME_CACHE: dict[str, int] = {}  # "10/Oct/2000:13:55:36 -0700" -> epoch
+_BRACKET_CACHE: dict[str, int] = {}  # "[10/Oct/2000:13:55:36 -0700] " -> epoch (fast path)
+_MINUTE_CACHE: dict[str, int] = {}  # "10/Oct/2000:13:55 -0700" -> epoch of its second 0
+
+
+def _minute_epoch(key: str) -> int | None:
+    """Epoch of ``10/Oct/2000:13:55 -0700``; ``None`` for an impossible or pre-1970 time."""
+    m = _MINUTE_RE.fullmatch(key)
+    if m is None:
+        return None
+    day, mon_name, year, hh, mm, sign, oh, om = m.groups()
+    mon = _MONTHS.get(mon_name.title())
+    y, d, h, mi, zh, zm = int(year), int(day), int(hh), int(mm), int(oh), int(om)
+    if mon is None or y < 1970 or h > 23 or mi > 59 or zh > 23 or zm > 59:
+        return None
+    if not 1 <= d <= calendar.monthrange(y, mon)[1]:
+        return None
+    offset = (zh * 3600 + zm * 60) * (-1 if sign == "-" else 1)
+    return calendar.timegm((y, mon, d, h, mi, 0, 0, 0, 0)) - offset
+
+
+def _uncached_epoch(text: str) -> int | None:
+    # A new second is common (one miss per distinct second), a new minute rare: cache minutes.
+    if len(text) != 26 or text[17] != ":":
+        return None
+    sec = _SECONDS.get(text[18:20])
+    if sec is None:
+        return None
+    key = text[:17] + text[20:]
+    base = _MINUTE_CACHE.get(key)
+    if base is None:
+        base = _minute_epoch(key)
+        if base is None:
+            return None
+        if len(_MINUTE_CACHE) >= _TIME_CACHE_MAX:
+            _MINUTE_CACHE.clear()
+        _MINUTE_CACHE[key] = base
+    return base + sec
 
 
 def apache_time_to_epoch(text: str) -> int | None:
@@ -73,30 +109,25 @@ def apache_time_to_epoch(text: str) -> int | None:
     ``Foo``) and years before 1970. Results are cached: logs repeat the same second many times.
     """
     epoch = _TIME_CACHE.get(text)
+    if epoch is None:
+        epoch = _uncached_epoch(text)
+        if epoch is not None:
+            if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
+                _TIME_CACHE.clear()
+            _TIME_CACHE[text] = epoch
+    return epoch
+
+
+def _bracketed_time(text: str) -> int | None:
+    """Like :func:`apache_time_to_epoch` for ``"[<time>] "`` (the fast path's cache key)."""
+    if text[:1] != "[" or text[-2:] != "] ":
+        return None
+    epoch = _uncached_epoch(text[1:-2])
     if epoch is not None:
-        return epoch
-    m = _APACHE_TIME_RE.fullmatch(text)
-    if m is None:
-        return None
-    day, mon_name, year, hh, mm, ss, sign, oh, om = m.groups()
-    mon = _MONTHS.get(mon_name.title())
-    y, d, h, mi, s, zh, zm = int(year), int(day), int(hh), int(mm), int(ss), int(oh), int(om)
-    if (
-        mon is None
-        or y < 1970
-        or not 1 <= d <= calendar.monthrange(y, mon)[1]
-        or h > 23
-        or mi > 59
-        or s > 60  # 60: a leap second, as strftime allows
-        or zh > 23
-        or zm > 59
-    ):
-        return None
-    offset = (zh * 3600 + zm * 60) * (-1 if sign == "-" else 1)
-    epoch = calendar.timegm((y, mon, d, h, mi, s, 0, 0, 0)) - offset
-    if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
-        _TIME_CACHE.clear()
-    _TIME_CACHE[text] = epoch
+        _MINUTE_CACHE[text[:-11] + text[-8:]] = epoch - _SECONDS[text[-10:-8]]
+        if len(_BRACKET_CACHE) >= _TIME_CACHE_MAX:
+            _BRACKET_CACHE.clear()
+        _BRACKET_CACHE[text] = epoch
     return epoch
 
 
@@ -175,8 +206,89 @@ def _split_request(req: str) -> tuple[str, str, str]:
     return "", "" if req == "-" else req, ""
 
 
-def _dash_none(value: str) -> str | None:
-    return None if value in ("", "-") else value
+_STATUS_CODES = {f" {code} ": code for code in range(100, 1000)}  # keyed with the spaces around
+
+
+def _fast_parser(
+    kind: int, max_line_bytes: int, fallback: Callable[[str], LogRecord | None]
+) -> Callable[[str], LogRecord | None]:
+    """Build the hand-written parser for combined (1), common (2) or vhost_combined (3).
+
+    Lines it is not sure about (backslash escapes, odd spacing or quoting, uncached bad times)
+    go to ``fallback``, the regular-expression parser, which has the final word.
+    """
+    record = LogRecord
+    cache = _BRACKET_CACHE
+    codes = _STATUS_CODES
+    split_request = _split_request
+    bracketed_time = _bracketed_time
+    minutes = _MINUTE_CACHE
+    seconds = _SECONDS
+    cache_max = _TIME_CACHE_MAX
+    min_parts = 3 if kind == 2 else 7
+    common = kind == 2
+    with_vhost = kind == 3
+    spaces = 6 if with_vhost else 5
+
+    def parse(line: str) -> LogRecord | None:
+        if len(line) > max_line_bytes or "\\" in line or "\x00" in line:
+            return fallback(line)
+        parts = line.split('"')
+        if len(parts) < min_parts or (
+            not common and (parts[4] != " " or parts[6][:1] not in " \t")  # "" is in it too
+        ):
+            return fallback(line)
+        head = parts[0]
+        # the key "[10/Oct/2000:13:55:36 -0700] " includes the brackets: a hit proves the shape
+        key = head[-29:]
+        ts = cache.get(key)
+        if ts is None:  # a new second: try the minute cache ("[10/Oct/2000:13:55 -0700] ")
+            base = minutes.get(head[-29:-11] + head[-8:])
+            sec = seconds.get(head[-10:-8])
+            if base is None or sec is None or head[-11] != ":":
+                ts = bracketed_time(key)
+                if ts is None:
+                    return fallback(line)
+            else:
+                ts = base + sec
+                if len(cache) >= cache_max:
+                    cache.clear()
+                cache[key] = ts
+        start = 0
+        vhost = None
+        if with_vhost:
+            start = head.find(" ") + 1
+            vhost = head[: start - 1].rpartition(":")[0] or None
+        sp = head.find(" ", start)
+        if head.count(" ") != spaces:  # "ip ident user [time zone] " (after "vhost:port ")
+            return fallback(line)
+        mid = parts[2]  # " 200 2326 " (combined) or " 200 2326" (common)
+        status = codes.get(mid[:5])
+        size_text = mid[5:] if common else mid[5:-1]
+        if sp <= start or status is None or (not common and mid[-1] != " "):
+            return fallback(line)
+        if size_text == "-":
+            size = None
+        elif size_text.isdecimal():
+            size = int(size_text)
+        else:
+            return fallback(line)
+        req = parts[1].split(" ")
+        if len(req) == 3 and req[0].isupper() and req[1]:
+            method, url, protocol = req
+        else:
+            method, url, protocol = split_request(parts[1])
+        if common:
+            return record(head[:sp], ts, method, url, status, size, "", "", None, None, protocol)
+        referer = parts[3]
+        ua = parts[5]
+        return record(
+            head[start:sp], ts, method, url, status, size,
+            "" if referer == "-" else referer, "" if ua == "-" else ua,
+            vhost, None, protocol,
+        )  # fmt: skip
+
+    return parse
 
 
 # -- format compilation -----------------------------------------------------------------------
@@ -234,13 +346,13 @@ def _tokenize(spec: str) -> list[tuple[str, str | None, str]]:
 class LogFormat:
     """A compiled access-log format. Build with :meth:`compile`; call :attr:`parse` per line."""
 
-    __slots__ = ("spec", "max_line", "parse", "_regex", "_idx", "_time_conv", "_fast")
+    __slots__ = ("spec", "max_line_bytes", "parse", "_regex", "_idx", "_time_conv", "_fast")
 
     parse: Callable[[str], LogRecord | None]
 
-    def __init__(self, spec: str, session: str | None, client: str | None, max_line: int) -> None:
+    def __init__(self, spec: str, session: str | None, client: str | None, max_len: int) -> None:
         self.spec = spec
-        self.max_line = max_line
+        self.max_line_bytes = max_len
         tokens = _tokenize(spec)
         parts: list[str] = []
         idx: dict[str, int] = {}
@@ -296,12 +408,16 @@ class LogFormat:
         self._regex = re.compile("".join(parts) + tail + r"\Z", re.DOTALL)
         self._idx = idx
         self._fast = 0
-        if session is None and client is None:
-            self._fast = {
-                NAMED_FORMATS["combined"]: 1, NAMED_FORMATS["common"]: 2,
-                NAMED_FORMATS["vhost_combined"]: 3,
-            }.get(spec, 0)  # fmt: skip
-        self.parse = self._parse_fast if self._fast else self._parse_regex
+        norm = spec.replace('\\"', '"')
+        for kind, name in enumerate(("combined", "common", "vhost_combined"), 1):
+            base = NAMED_FORMATS[name]
+            # the fast path ignores trailing fields, so "combined %D" can use it too
+            if session is None and client is None and not self._fast and (
+                norm == base or (kind != 2 and norm.startswith(base + " "))
+            ):
+                self._fast = kind
+        fallback = self._parse_regex
+        self.parse = _fast_parser(self._fast, max_len, fallback) if self._fast else fallback
 
     @classmethod
     def compile(
@@ -310,7 +426,7 @@ class LogFormat:
         *,
         session: str | None = None,
         client: str | None = None,
-        max_line: int = DEFAULT_MAX_LINE,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
     ) -> LogFormat:
         """Compile ``spec``: a name in :data:`NAMED_FORMATS` or an Apache ``LogFormat`` string.
 
@@ -318,9 +434,10 @@ class LogFormat:
         (``"%{JSESSIONID}C"``, ``"%{UNIQUE_ID}e"``, ``"%{X-Session}i"``); its value becomes
         ``LogRecord.session`` (``None`` for ``-``). ``client`` names a directive that holds the
         client address instead of ``%a``/``%h``, e.g. ``"%{X-Forwarded-For}i"`` behind a proxy
-        (the first address of a list is taken). Lines longer than ``max_line`` characters are
-        rejected unparsed. Raises ``ValueError`` naming an unknown directive, a ``session`` or
-        ``client`` directive missing from the format, or a missing essential field.
+        (the first address of a list is taken). Lines longer than ``max_line_bytes`` characters
+        (bytes for ASCII) are rejected unparsed. Raises ``ValueError`` naming an unknown
+        directive, a ``session``/``client`` directive missing from the format, or a missing
+        essential field (client address, time, request, status).
         """
         spec = NAMED_FORMATS.get(spec, spec)
 
@@ -332,61 +449,14 @@ class LogFormat:
                 raise ValueError(f"{directive!r} is not a single log format directive")
             return _canonical(toks[0][2], toks[0][1])
 
-        return cls(spec, key(session), key(client), max_line)
+        return cls(spec, key(session), key(client), max_line_bytes)
 
     def __repr__(self) -> str:
         return f"LogFormat({self.spec!r})"
 
-    def _parse_fast(self, line: str) -> LogRecord | None:
-        """Parse a combined/common/vhost_combined line; defer anything unusual to the regex."""
-        if len(line) > self.max_line or "\\" in line or "\x00" in line:
-            return self._parse_regex(line)
-        parts = line.split('"')
-        fast = self._fast
-        if len(parts) < (3 if fast == 2 else 7) or (fast != 2 and parts[4] != " "):
-            return self._parse_regex(line)
-        head = parts[0]
-        lb = head.rfind("[")
-        if lb < 0 or not head.endswith("] "):
-            return self._parse_regex(line)
-        start = 0
-        vhost = None
-        if fast == 3:
-            start = head.find(" ") + 1
-            vhost = head[: start - 1].rpartition(":")[0] or None
-        sp = head.find(" ", start)
-        ip = head[start:sp]
-        ts = _TIME_CACHE.get(head[lb + 1 : -2])
-        if ts is None:
-            ts = apache_time_to_epoch(head[lb + 1 : -2])
-        mid = parts[2].split()
-        if ts is None or sp <= start or len(mid) != 2 or len(mid[0]) != 3:
-            return self._parse_regex(line)
-        try:
-            status = int(mid[0])
-            size = None if mid[1] == "-" else int(mid[1])
-        except ValueError:
-            return None
-        if status < 100 or (size is not None and size < 0):
-            return None
-        req = parts[1].split(" ")
-        if len(req) == 3 and req[0].isupper() and req[1]:
-            method, url, protocol = req
-        else:
-            method, url, protocol = _split_request(parts[1])
-        if fast == 2:
-            return LogRecord(ip, ts, method, url, status, size, "", "", None, None, protocol)
-        referer = parts[3]
-        ua = parts[5]
-        return LogRecord(
-            ip, ts, method, url, status, size,
-            "" if referer == "-" else referer, "" if ua == "-" else ua,
-            vhost, None, protocol,
-        )  # fmt: skip
-
     def _parse_regex(self, line: str) -> LogRecord | None:
         """Parse any line with the compiled regular expression; ``None`` if it does not match."""
-        if len(line) > self.max_line or "\x00" in line:
+        if len(line) > self.max_line_bytes or "\x00" in line:
             return None
         m = self._regex.match(line.rstrip("\r\n"))
         if m is None:
@@ -420,10 +490,11 @@ class LogFormat:
         size = None if size_text in ("", "-") else int(size_text)
         referer = _unescape(g[idx["referer"]]) if "referer" in idx else ""
         ua = _unescape(g[idx["user_agent"]]) if "user_agent" in idx else ""
-        vhost = _dash_none(g[idx["vhost"]]) if "vhost" in idx else None
-        session = _dash_none(_unescape(g[idx["session"]])) if "session" in idx else None
+        vhost = g[idx["vhost"]] if "vhost" in idx else "-"
+        session = _unescape(g[idx["session"]]) if "session" in idx else "-"
         return LogRecord(
             ip, ts, method, url, int(g[idx["status"]]), size,
             "" if referer == "-" else referer, "" if ua == "-" else ua,
-            vhost, session, protocol,
+            None if vhost in ("", "-") else vhost, None if session in ("", "-") else session,
+            protocol,
         )  # fmt: skip

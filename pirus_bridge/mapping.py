@@ -24,19 +24,8 @@ from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import MappingError, Problem
 
 TOP_KEYS = ("description", "oai_identifier", "item_url", "file_url", "rules")
-RULE_KEYS = (
-    "name",
-    "description",
-    "match",
-    "metric",
-    "item",
-    "exclude",
-    "methods",
-    "ignore",
-    "oai_identifier",
-    "item_url",
-    "file_url",
-)
+_USAGE_KEYS = ("metric", "item", "oai_identifier", "item_url", "file_url")
+RULE_KEYS = ("name", "description", "match", "exclude", "methods", "ignore", *_USAGE_KEYS)
 BUILTINS = frozenset({"host", "base_url", "path", "item"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 DEFAULT_URL = "{base_url}{path}"  # svc_dat: the URL as logged, made absolute
@@ -150,7 +139,9 @@ class Mapping:
             return None
         i, rule = self._by_group[m.lastgroup or ""]
         method = method.upper()
-        if method not in rule.methods or any(x.search(path) for x in rule.excludes):
+        if method not in rule.methods or (
+            rule.excludes and any(x.search(path) for x in rule.excludes)
+        ):
             return self._scan(path, method, i + 1)
         return self._result(rule, {name: m.group(g) or "" for name, g in rule.gate_groups}, path)
 
@@ -197,7 +188,8 @@ class Mapping:
     def _result(self, rule: MappingRule, groups: dict[str, str], path: str) -> MappingMatch | None:
         if rule.metric is None:
             return None
-        values = {**groups, "host": self.host, "base_url": self.base_url, "path": path}
+        values = groups  # always a fresh dict: add the built-ins in place
+        values["host"], values["base_url"], values["path"] = self.host, self.base_url, path
         values["item"] = item = rule.item.format_map(values)
         oai = rule.oai_identifier.format_map(values) if rule.oai_identifier is not None else None
         return MappingMatch(rule.name, item, oai, rule.metric, rule.url.format_map(values))
@@ -280,6 +272,8 @@ class _Checker:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[Problem] = []
+        # (key, line, field) of a top-level template -> the rules that lack that group
+        self.shared: dict[tuple[str, int, str], list[str]] = {}
 
     def add(self, line: int, rule: str | None, problem: str) -> None:
         head = f"rule '{rule}': " if rule else ""
@@ -300,24 +294,33 @@ class _Checker:
                 self.add(lines.get(str(key), line), rule, f"unknown key '{key}' ({hint})")
 
     def template(
-        self, value: Any, names: set[str], line: int, rule: str | None, key: str
+        self,
+        key: str,
+        value: Any,
+        line: int,
+        rule: str | None,
+        names: set[str] | None,
+        shared: bool = False,
     ) -> str | None:
+        """Check a template's syntax and, unless ``names`` is None, that it uses only ``names``."""
         if not isinstance(value, str):
             self.add(line, rule, f"{key} must be a string template, not {value!r}")
             return None
         try:
             fields = _template_fields(value)
         except ValueError as e:
-            self.add(line, rule, f"{key} template: {e}")
+            self.add(line, rule, f"bad {key} template: {e}")
             return None
-        for field in fields:
-            if field not in names:
-                known = ", ".join(sorted(names)) or "none"
+        for field in [f for f in fields if names is not None and f not in names]:
+            if shared and rule:
+                self.shared.setdefault((key, line, field), []).append(rule)
+            else:
+                known = ", ".join(sorted(names or ())) or "none"
                 self.add(
                     line,
                     rule,
-                    f"{key} template names '{{{field}}}', which is not a group "
-                    f"of its match regex nor a built-in (available: {known})",
+                    f"{key} template names '{{{field}}}', which its match "
+                    f"regex does not define (groups: {known})",
                 )
         return value
 
@@ -328,23 +331,23 @@ class _Checker:
         try:
             return re.compile(value)
         except re.error as e:
-            self.add(line, rule, f"bad {key} regex {value!r}: {e}")
+            self.add(line, rule, f"bad {key} regex '{value}': {e}")
             return None
 
 
-def _key_lines(node: yaml.Node | None, checker: _Checker, rule: str | None) -> dict[str, int]:
+def _key_lines(node: yaml.Node | None, check: _Checker, rule: str | None) -> dict[str, int]:
     """1-based line of each key of a mapping node; reports duplicated keys."""
     lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, _value in node.value:
-            name, line = str(key.value), key.start_mark.line + 1
-            if name in lines:
-                checker.add(line, rule, f"duplicate key '{name}' (first on line {lines[name]})")
-            lines[name] = line
+    for key, _value in node.value if isinstance(node, yaml.MappingNode) else ():
+        name, line = str(key.value), key.start_mark.line + 1
+        if name in lines:
+            check.add(line, rule, f"duplicate key '{name}' (first on line {lines[name]})")
+        lines[name] = line
     return lines
 
 
 def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """Parse with the safe loader, keeping the node tree for line numbers."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -352,7 +355,10 @@ def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{source}:{mark.line + 1 if mark else 1}"
-        detail = " ".join(x for x in (e.context, e.problem) if x)
+        context = e.context or ""
+        if e.context_mark is not None and e.context_mark is not mark:
+            context += f" (line {e.context_mark.line + 1})"
+        detail = ": ".join(x for x in (context, e.problem or "") if x)
         raise MappingError([Problem(where, f"YAML syntax error: {detail}")], source) from e
     except yaml.YAMLError as e:
         raise MappingError([Problem(f"{source}:1", f"YAML error: {e}")], source) from e
@@ -361,6 +367,7 @@ def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
 
 
 def _parse(text: str, source: str) -> list[MappingRule]:
+    """Validate a whole file; raise :class:`MappingError` with every problem found."""
     data, node = _compose(text, source)
     check = _Checker(source)
     if not isinstance(data, dict):
@@ -368,52 +375,54 @@ def _parse(text: str, source: str) -> list[MappingRule]:
         raise MappingError(check.problems, source)
     top = _key_lines(node, check, None)
     check.keys(data, top, TOP_KEYS, 1, None)
-    defaults = {
-        key: (data.get(key, fallback), top.get(key, 1))
-        for key, fallback in (
-            ("oai_identifier", DEFAULT_OAI),
-            ("item_url", DEFAULT_URL),
-            ("file_url", DEFAULT_URL),
-        )
-    }
+    defaults: Defaults = {}
+    for key, fallback in (
+        ("oai_identifier", DEFAULT_OAI),
+        ("item_url", DEFAULT_URL),
+        ("file_url", DEFAULT_URL),
+    ):
+        value = data.get(key, fallback)
+        if value is not None or key != "oai_identifier":
+            value = check.template(key, value, top.get(key, 1), None, None) or fallback
+        defaults[key] = (value, top.get(key, 1))
     raw_rules = data.get("rules")
-    rule_nodes: list[Any] = []
-    if isinstance(node, yaml.MappingNode):
-        rule_nodes = next(
-            (
-                v.value
-                for k, v in node.value
-                if k.value == "rules" and isinstance(v, yaml.SequenceNode)
-            ),
-            [],
-        )
     if not isinstance(raw_rules, list) or not raw_rules:
         check.add(top.get("rules", 1), None, "'rules' must be a non-empty list of rules")
         raw_rules = []
+    rule_nodes = [v.value for k, v in getattr(node, "value", []) if k.value == "rules"]
+    nodes = rule_nodes[0] if rule_nodes and isinstance(rule_nodes[0], list) else []
     rules: list[MappingRule] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):
-        rnode = rule_nodes[index] if index < len(rule_nodes) else None
+        rnode = nodes[index] if index < len(nodes) else None
         line = rnode.start_mark.line + 1 if rnode is not None else top.get("rules", 1)
         rule = _rule(raw, rnode, line, index, defaults, check)
         if rule is not None and rule.name in seen:
             check.add(line, rule.name, f"duplicate rule name (first on line {seen[rule.name]})")
-        if rule is not None:
-            seen.setdefault(rule.name, line)
+        elif rule is not None:
+            seen[rule.name] = line
             rules.append(rule)
+    for (key, line, field), names in check.shared.items():
+        which = ", ".join(f"'{n}'" for n in names)
+        check.add(
+            line,
+            None,
+            f"{key} template names '{{{field}}}', which rule(s) {which} do not "
+            "define: use a group every rule has, or set it per rule",
+        )
     if check.problems:
+        check.problems.sort(key=lambda p: int(p.where.rpartition(":")[2]))  # stable: file order
         raise MappingError(check.problems, source)
     return rules
 
 
+Defaults = dict[str, tuple[str | None, int]]  # top-level template and its line
+
+
 def _rule(
-    raw: Any,
-    node: yaml.Node | None,
-    line: int,
-    index: int,
-    defaults: dict[str, tuple[Any, int]],
-    check: _Checker,
+    raw: Any, node: yaml.Node | None, line: int, index: int, defaults: Defaults, check: _Checker
 ) -> MappingRule | None:
+    """Validate one rule; ``None`` when it is too broken to build (problems already recorded)."""
     if not isinstance(raw, dict):
         check.add(line, f"#{index + 1}", "a rule must be a mapping with name, match, metric, item")
         return None
@@ -425,13 +434,15 @@ def _rule(
         return lines.get(key, line)
 
     check.keys(raw, lines, RULE_KEYS, line, label)
-    if not isinstance(name, str) or not name:
-        check.add(at("name"), label, "missing 'name' (a short unique label)")
-    if "match" not in raw:
-        check.add(line, label, "missing 'match' (a regex with named groups)")
-    regex = check.regex(raw.get("match"), at("match"), label, "match") if "match" in raw else None
-    groups = set(regex.groupindex) if regex else set()
-    for reserved in sorted(groups & BUILTINS):
+    required = ("name", "match") + (() if raw.get("ignore") is True else ("metric", "item"))
+    for key in required:
+        if key not in raw:
+            check.add(line, label, f"missing '{key}'")
+    if "name" in raw and (not isinstance(name, str) or not name):
+        check.add(at("name"), label, "name must be a non-empty string")
+    regex = check.regex(raw["match"], at("match"), label, "match") if "match" in raw else None
+    groups = set(regex.groupindex) if regex else None  # None: skip checks that need the groups
+    for reserved in sorted((groups or set()) & BUILTINS):
         check.add(at("match"), label, f"group name '{reserved}' is reserved for a built-in")
     excl = raw.get("exclude", [])
     excl = [excl] if isinstance(excl, str) else excl
@@ -445,56 +456,45 @@ def _rule(
         or not methods
         or not all(isinstance(m, str) and m.upper() in HTTP_METHODS for m in methods)
     ):
-        check.add(
-            at("methods"), label, f"methods must be a list of {', '.join(sorted(HTTP_METHODS))}"
-        )
+        check.add(at("methods"), label, f"methods: a list of {', '.join(sorted(HTTP_METHODS))}")
         methods = ["GET"]
     ignore = raw.get("ignore", False)
     if not isinstance(ignore, bool):
         check.add(at("ignore"), label, f"ignore must be true or false, not {ignore!r}")
     metric: MetricType | None = None
-    item = url = ""
-    oai: str | None = None
+    item, url, oai = "", "", None
     if ignore is True:
-        for key in ("metric", "item", "oai_identifier", "item_url", "file_url"):
-            if key in raw:
-                check.add(at(key), label, f"an ignore rule takes no '{key}'")
+        for key in [k for k in _USAGE_KEYS if k in raw]:
+            check.add(at(key), label, f"an ignore rule takes no '{key}'")
     else:
-        if "metric" not in raw:
-            check.add(line, label, "missing 'metric' (investigation or request)")
-        else:
-            try:
-                metric = MetricType.parse(str(raw["metric"]))
-            except ValueError as e:
-                check.add(at("metric"), label, str(e))
-        if "item" not in raw:
-            check.add(line, label, "missing 'item' (a template such as \"{id}\")")
-        else:
-            item = check.template(raw["item"], groups, at("item"), label, "item") or ""
-        names = groups | BUILTINS
+        try:
+            metric = MetricType.parse(str(raw["metric"])) if "metric" in raw else None
+        except ValueError as e:
+            check.add(at("metric"), label, str(e))
+        if "item" in raw:
+            item = check.template("item", raw["item"], at("item"), label, groups) or ""
+        names = None if groups is None else groups | BUILTINS
         url_key = "file_url" if metric is MetricType.REQUEST else "item_url"
         other = "item_url" if url_key == "file_url" else "file_url"
         if metric is not None and other in raw:
             check.add(at(other), label, f"'{other}' has no effect on a {metric.value} rule")
-        value, tline = (raw[url_key], at(url_key)) if url_key in raw else defaults[url_key]
-        url = check.template(value, names, tline, label, url_key) or ""
-        value, tline = (
-            (raw["oai_identifier"], at("oai_identifier"))
-            if ("oai_identifier" in raw)
-            else defaults["oai_identifier"]
-        )
-        if value is not None:
-            oai = check.template(value, names, tline, label, "oai_identifier")
-    if regex is None or not isinstance(name, str) or None in excludes:
+        for key in (url_key, "oai_identifier"):
+            own = key in raw
+            value, tline = (raw[key], at(key)) if own else defaults[key]
+            if value is not None:
+                value = check.template(key, value, tline, label, names, shared=not own)
+            url, oai = (value or "", oai) if key == url_key else (url, value)
+    if regex is None or not isinstance(name, str) or not name or None in excludes:
         return None
+    excludes_ok = tuple(x for x in excludes if x is not None)
     return MappingRule(
-        name=name,
-        line=line,
-        regex=regex,
-        metric=metric,
-        item=item,
-        excludes=tuple(x for x in excludes if x is not None),
-        methods=frozenset(m.upper() for m in methods),
-        oai_identifier=oai,
-        url=url,
+        name,
+        line,
+        regex,
+        metric,
+        item,
+        excludes_ok,
+        frozenset(m.upper() for m in methods),
+        oai,
+        url,
     )

@@ -34,7 +34,12 @@ def ensure_salt(r: redis.Redis, configured: str | None) -> str:
     r.set(keys.SALT, secrets.token_hex(32), nx=True)
     value = r.get(keys.SALT)
     assert value is not None
-    return value.decode()
+    return text(value)
+
+
+def text(value: Any) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def empty_metrics() -> dict[str, int]:
@@ -108,18 +113,18 @@ class UsageStore:
 
     def bot_ips(self) -> set[str]:
         """Addresses and ranges in the seed's ``botlist``: a set of names of sets of IPs."""
-        names = [n.decode() for n in self.r.smembers(keys.BOTLIST)]  # type: ignore[union-attr]
+        names = [text(n) for n in self.r.smembers(keys.BOTLIST)]
         out: set[str] = set()
         for name in names:
-            out |= {m.decode() for m in self.r.smembers(name)}  # type: ignore[union-attr]
+            out |= {text(m) for m in self.r.smembers(name)}
         return out
 
     def item_months(self, item: str) -> dict[str, dict[str, int]]:
         """COUNTER metrics per month for one item."""
         raw = self.r.hgetall(keys.counter_metrics(item))
         months: dict[str, dict[str, int]] = {}
-        for field, value in raw.items():  # type: ignore[union-attr]
-            month, _, code = field.decode().partition(":")
+        for field, value in raw.items():
+            month, _, code = text(field).partition(":")
             months.setdefault(month, empty_metrics())[keys.METRIC_NAMES[code]] = int(value)
         return dict(sorted(months.items()))
 
@@ -127,8 +132,8 @@ class UsageStore:
         """The seed's daily-unique series: ``{day: {"views": n, "downloads": n}}``."""
         raw = self.r.hgetall(keys.daily(item))
         days: dict[str, dict[str, int]] = {}
-        for field, value in raw.items():  # type: ignore[union-attr]
-            day, _, kind = field.decode().partition(":")
+        for field, value in raw.items():
+            day, _, kind = text(field).partition(":")
             entry = days.setdefault(day, {"views": 0, "downloads": 0})
             entry["views" if kind == "v" else "downloads"] = int(value)
         return dict(sorted(days.items()))
@@ -156,7 +161,7 @@ class UsageStore:
         }
 
     def items(self) -> list[str]:
-        return sorted(m.decode() for m in self.r.smembers(keys.OBJECTITEMS))  # type: ignore[union-attr]
+        return sorted(text(m) for m in self.r.smembers(keys.OBJECTITEMS))
 
     def month_metrics(self, items: Iterable[str], month: str) -> list[dict[str, Any]]:
         """One month's four metrics for each item with usage that month (for reports)."""
@@ -171,7 +176,7 @@ class UsageStore:
             values, oai = replies[2 * i], replies[2 * i + 1]
             if not any(values):
                 continue
-            row: dict[str, Any] = {"item": item, "oai_identifier": oai.decode() if oai else None}
+            row: dict[str, Any] = {"item": item, "oai_identifier": text(oai) if oai else None}
             for code, v in zip(METRIC_CODES, values, strict=True):
                 row[keys.METRIC_NAMES[code]] = int(v or 0)
             rows.append(row)

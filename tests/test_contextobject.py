@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import calendar
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -112,7 +114,16 @@ def test_irus_empty_referer_is_sent_empty() -> None:
 
 @pytest.mark.parametrize(
     "ua",
-    [UA, "a b  c", 'say "hi"', "it's", "日本語 エージェント", "tab\there", "100% & more=1#frag", "+"],
+    [
+        UA,
+        "a b  c",
+        'say "hi"',
+        "it's",
+        "日本語 エージェント",
+        "tab\there",
+        "100% & more=1#frag",
+        "+",
+    ],
 )
 def test_encode_parse_round_trip(ua: str) -> None:
     pairs = build_kev(make_event(user_agent=ua), profile=IRUS, repository_host=HOST)
@@ -315,8 +326,11 @@ def test_build_xml_batch_of_three() -> None:
         make_event(ts=TS + 1, ip="2001:db8::2", oai_identifier=None, user_agent="bad\x00\x07ua"),
     ]
     # Entries may be ContextEntry values or the JSON dicts the outbox stores.
-    entries = [ContextEntry(events[0], HOST), context_fields(ContextEntry(events[1], HOST))]
-    entries.append(ContextEntry(events[2], HOST))  # type: ignore[arg-type]
+    entries: list[ContextEntry | Mapping[str, Any]] = [
+        ContextEntry(events[0], HOST),
+        context_fields(ContextEntry(events[1], HOST)),
+        ContextEntry(events[2], HOST),
+    ]
     root = etree.fromstring(build_xml(entries))
     cos = root.findall("ctx:context-object", NS)
     assert len(cos) == 3

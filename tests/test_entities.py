@@ -130,7 +130,7 @@ def test_extract_entities_empty_metadata() -> None:
 
 
 def smembers(r: redis.Redis, key: str) -> set[str]:
-    return {m.decode() for m in r.smembers(key)}
+    return {m.decode() if isinstance(m, bytes) else m for m in r.smembers(key)}
 
 
 def test_store_entities_writes_the_seed_model(r: redis.Redis) -> None:

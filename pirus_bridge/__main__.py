@@ -1,0 +1,3 @@
+from pirus_bridge.cli import main
+
+main()

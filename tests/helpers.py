@@ -1,0 +1,84 @@
+"""Small builders shared by tests: configs, log lines, Redis snapshots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pirus_bridge.config import Config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:131.0) Gecko/20100101 Firefox/131.0"
+OTHER_PERSON = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 Safari/605.1.15"
+ROBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def make_config(redis_url: str | None, **sections: Any) -> Config:
+    """A valid config for the shipped EPrints mapping; ``sections`` replace or add sections."""
+    data: dict[str, Any] = {
+        "redis": {"url": redis_url} if redis_url else None,
+        "repository": {
+            "host": "eprints.example.ac.uk",
+            "base_url": "https://eprints.example.ac.uk",
+            "mapping": "mappings/eprints3.yaml",
+        },
+        "counting": {"salt": "test-salt", "batch_size": 50},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value
+    data = {k: v for k, v in data.items() if v is not None}
+    return parse_config(data, base=ROOT)
+
+
+def clf(
+    when: str,
+    path: str,
+    *,
+    ip: str = "192.0.2.10",
+    ua: str = PERSON,
+    status: int = 200,
+    method: str = "GET",
+    ref: str = "-",
+) -> str:
+    """A combined-format line; ``when`` is ``DD/Mon/YYYY:HH:MM:SS +ZZZZ``."""
+    return f'{ip} - - [{when}] "{method} {path} HTTP/1.1" {status} 1234 "{ref}" "{ua}"\n'
+
+
+def write_log(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(lines))
+    return path
+
+
+def snapshot(r: redis.Redis, patterns: tuple[str, ...] = ("c:*", "dly:*", "u:*", "t:*",
+                                                         "d[vd]:*", "objectitems")) -> dict:
+    """Every counting key and its value, to compare two runs."""
+    out: dict[str, Any] = {}
+    for pattern in patterns:
+        for key in r.scan_iter(match=pattern, count=1000):
+            kind = r.type(key).decode()
+            k = key.decode()
+            if kind == "hash":
+                out[k] = {f.decode(): v.decode() for f, v in r.hgetall(key).items()}
+            elif kind == "set":
+                out[k] = sorted(m.decode() for m in r.smembers(key))
+            elif kind == "string":
+                out[k] = r.get(key).decode()  # type: ignore[union-attr]
+            elif kind == "zset":
+                out[k] = sorted(m.decode() for m in r.zrange(key, 0, -1))
+    return out
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,124 @@
+"""Config validation: every problem at once, with its path, and helpful suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pirus_bridge.config import config_path, load_config, parse_config
+from pirus_bridge.events import MetricType
+from pirus_bridge.exceptions import ConfigError
+from tests.helpers import ROOT
+
+GOOD = {
+    "repository": {
+        "host": "eprints.example.ac.uk",
+        "base_url": "https://eprints.example.ac.uk",
+        "mapping": "mappings/eprints3.yaml",
+    },
+    "gatherers": {"irus": {"url": "https://irus.jisc.ac.uk/counter/test/"}},
+}
+
+
+def problems_of(data: object) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, base=ROOT)
+    return {p.where: p.problem for p in e.value.problems}
+
+
+def test_config_example_is_valid() -> None:
+    cfg = load_config(ROOT / "config.example.yaml")
+    assert cfg.redis.url is None  # the embedded default
+    assert cfg.redis.data_dir == ROOT / "var"
+    g = cfg.gatherers["irus"]
+    assert g.url == "https://irus.jisc.ac.uk/counter/test/"
+    assert g.metrics == (MetricType.REQUEST,)
+    assert g.retry.max_attempts == 12
+    assert cfg.repository.mapping == ROOT / "mappings" / "eprints3.yaml"
+
+
+def test_config_defaults() -> None:
+    cfg = parse_config(GOOD, base=ROOT)
+    assert cfg.log.format == "combined"
+    assert cfg.counting.double_click_s == 30
+    assert cfg.gatherers["irus"].profile == "irus"
+    assert cfg.gatherers["irus"].method == "GET"
+
+
+def test_config_lists_every_problem_with_its_path() -> None:
+    data = {
+        "repository": {"host": "x", "base_url": "ftp://x", "mapping": "mappings/nope.yaml"},
+        "log": {"formt": "combined"},
+        "bots": {"ips": ["300.1.1.1"], "user_agents": ["(unclosed"]},
+        "gatherers": {
+            "irus": {
+                "url": "https://irus.example/counter/",
+                "profile": "iris",
+                "metrics": ["downloads"],
+                "timeout": 5,
+                "retry": {"max_attempts": 0},
+            }
+        },
+    }
+    found = problems_of(data)
+    assert "http:// or https://" in found["repository.base_url"]
+    assert "no such file" in found["repository.mapping"]
+    assert found["log.formt"] == "unknown key (did you mean 'format'?)"
+    assert "not an IP address" in found["bots.ips[0]"]
+    assert "invalid regex" in found["bots.user_agents[0]"]
+    assert "did you mean 'irus'" in found["gatherers.irus.profile"]
+    assert "unknown metric" in found["gatherers.irus.metrics[0]"]
+    assert found["gatherers.irus.timeout"].startswith("unknown key")
+    assert "at least 1" in found["gatherers.irus.retry.max_attempts"]
+
+
+def test_config_requires_repository() -> None:
+    found = problems_of({})
+    assert set(found) >= {"repository.host", "repository.base_url", "repository.mapping"}
+
+
+def test_config_rejects_bad_log_format() -> None:
+    found = problems_of({**GOOD, "log": {"format": "%h %Z %t"}})
+    assert "%Z" in found["log.format"]
+
+
+def test_config_rejects_bad_cron_and_field_template() -> None:
+    gatherers = {
+        "g": {"url": "http://127.0.0.1:9/", "cron": "every minute", "fields": {"req_id": "{ipp}"}}
+    }
+    found = problems_of({**GOOD, "gatherers": gatherers})
+    assert "crontab" in found["gatherers.g.cron"]
+    assert any(k.startswith("gatherers.g.fields") and "ipp" in v for k, v in found.items())
+
+
+def test_config_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PIRUS_BRIDGE_REDIS_URL", "redis://:secret@127.0.0.1:6390/2")
+    monkeypatch.setenv("PIRUS_BRIDGE_SALT", "pepper")
+    cfg = parse_config(GOOD, base=ROOT)
+    assert cfg.redis.url == "redis://:secret@127.0.0.1:6390/2"
+    assert cfg.counting.salt == "pepper"
+    monkeypatch.setenv("PIRUS_BRIDGE_CONFIG", str(tmp_path / "x.yaml"))
+    assert config_path(None) == tmp_path / "x.yaml"
+    assert config_path("given.yaml") == Path("given.yaml")
+
+
+def test_config_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("repository:\n  host: x\n  base_url: [unclosed\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert f"{bad}:" in str(e.value)
+    assert "YAML syntax error" in str(e.value)
+
+
+def test_config_is_loaded_safely(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("repository: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(evil)
+
+
+def test_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")

@@ -1,0 +1,229 @@
+"""Log sources: plain and compressed files, stdin, offsets, resume, fingerprints, errors."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pirus_bridge import sources
+from pirus_bridge.exceptions import InputError
+from pirus_bridge.sources import FINGERPRINT_BYTES, detect_compression, open_log
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENT = (
+    b'192.0.2.1 - - [01/Jan/2024:00:00:00 +0000] "GET /1/ HTTP/1.1" 200 5 "-" "ua"\n'
+    b"second line \xc3\xa9t\xc3\xa9\n"  # UTF-8
+    b"bad bytes \xff\xfe here\n"
+    b"\n"
+    b"crlf line\r\n"
+    b"last line without newline"
+)
+EXPECTED = [
+    (1, 77, '192.0.2.1 - - [01/Jan/2024:00:00:00 +0000] "GET /1/ HTTP/1.1" 200 5 "-" "ua"'),
+    (2, 95, "second line été"),
+    (3, 113, "bad bytes \ufffd\ufffd here"),
+    (4, 114, ""),
+    (5, 125, "crlf line"),
+    (6, 150, "last line without newline"),
+]
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "plain": lambda b: b,
+    "gzip": gzip.compress,
+    "bzip2": bz2.compress,
+    "xz": lzma.compress,
+}
+
+
+def write(tmp_path: Path, data: bytes, compression: str, name: str | None = None) -> str:
+    path = tmp_path / (name or f"access.{compression}")
+    path.write_bytes(COMPRESSORS[compression](data))
+    return str(path)
+
+
+def test_expected_table_matches_content() -> None:
+    assert EXPECTED[-1][1] == len(CONTENT)
+
+
+@pytest.mark.parametrize("compression", COMPRESSORS)
+def test_open_log_reads_every_line_with_offsets(tmp_path: Path, compression: str) -> None:
+    with open_log(write(tmp_path, CONTENT, compression)) as source:
+        assert source.compression == compression
+        assert list(source) == EXPECTED
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 1 << 20])
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_open_log_lines_across_chunk_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, compression: str
+) -> None:
+    monkeypatch.setattr(sources, "CHUNK_SIZE", chunk)
+    with open_log(write(tmp_path, CONTENT, compression)) as source:
+        assert list(source) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("name", "compression"),
+    [("access.log", "gzip"), ("access.log.gz", "plain"), ("access.gz", "bzip2"), ("x", "xz")],
+)
+def test_open_log_detects_compression_by_magic(tmp_path: Path, name: str, compression: str) -> None:
+    with open_log(write(tmp_path, CONTENT, compression, name)) as source:
+        assert source.compression == compression
+        assert list(source) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [(b"\x1f\x8b\x08", "gzip"), (b"BZh9", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"", "plain"),
+     (b"1.2.3.4 - -", "plain"), (b"\x1f", "plain")],
+)  # fmt: skip
+def test_detect_compression(head: bytes, expected: str) -> None:
+    assert detect_compression(head) == expected
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_open_log_stdin_from_a_stream(compression: str) -> None:
+    stream = io.BytesIO(COMPRESSORS[compression](CONTENT))
+    with open_log("-", stdin=stream) as source:
+        assert source.fingerprint() is None
+        assert source.size_hint is None
+        assert list(source) == EXPECTED
+        assert source.position() > 0
+    assert not stream.closed  # stdin is not ours to close
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_open_log_real_stdin_pipe(compression: str) -> None:
+    code = (
+        "import sys; from pirus_bridge.sources import open_log\n"
+        "with open_log('-') as s:\n"
+        "    for n, off, text in s: print(n, off, ascii(text))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=COMPRESSORS[compression](CONTENT),
+        capture_output=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    assert done.stdout.decode().splitlines() == [f"{n} {o} {ascii(t)}" for n, o, t in EXPECTED]
+
+
+def test_open_log_stdin_cannot_resume() -> None:
+    with pytest.raises(InputError, match="standard input"):
+        open_log("-", start_offset=10, stdin=io.BytesIO(CONTENT))
+
+
+@pytest.mark.parametrize("compression", COMPRESSORS)
+def test_fingerprint_same_for_plain_and_compressed(tmp_path: Path, compression: str) -> None:
+    plain = open_log(write(tmp_path, CONTENT, "plain", "a"))
+    other = open_log(write(tmp_path, CONTENT, compression, "b"))
+    with plain, other:
+        assert plain.fingerprint() == other.fingerprint()
+        assert len(plain.fingerprint() or "") == 40
+        assert list(other) == EXPECTED  # fingerprinting does not disturb reading
+
+
+def test_fingerprint_differs_for_different_content(tmp_path: Path) -> None:
+    with open_log(write(tmp_path, CONTENT, "plain", "a")) as a:
+        with open_log(write(tmp_path, CONTENT + b"x", "plain", "b")) as b:
+            assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_fingerprint_stable_as_file_grows(tmp_path: Path, compression: str) -> None:
+    big = CONTENT.replace(b"last line without newline", b"") * 100
+    assert len(big) > FINGERPRINT_BYTES
+    path = write(tmp_path, big, compression, "log")
+    with open_log(path) as source:
+        before = source.fingerprint()
+    Path(path).write_bytes(COMPRESSORS[compression](big + big))
+    with open_log(path) as source:
+        assert source.fingerprint() == before
+
+
+@pytest.mark.parametrize("with_lineno", [True, False])
+@pytest.mark.parametrize("compression", COMPRESSORS)
+@pytest.mark.parametrize("index", range(len(EXPECTED)))
+def test_open_log_resume_gives_exactly_the_rest(
+    tmp_path: Path, compression: str, index: int, with_lineno: bool
+) -> None:
+    lineno, offset, _ = EXPECTED[index]
+    path = write(tmp_path, CONTENT, compression)
+    with open_log(path, start_offset=offset, start_lineno=lineno if with_lineno else None) as s:
+        assert list(s) == EXPECTED[index + 1 :]
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_skip_to_start_of_file(tmp_path: Path, compression: str) -> None:
+    with open_log(write(tmp_path, CONTENT, compression)) as source:
+        source.skip_to(0, 0)
+        assert list(source) == EXPECTED
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+@pytest.mark.parametrize("with_lineno", [True, False])
+@pytest.mark.parametrize(
+    ("offset", "message"), [(5, "not at a line start"), (10_000, "shorter than")]
+)
+def test_open_log_resume_rejects_bad_offsets(
+    tmp_path: Path, compression: str, with_lineno: bool, offset: int, message: str
+) -> None:
+    path = write(tmp_path, CONTENT, compression)
+    with pytest.raises(InputError, match=message):
+        open_log(path, start_offset=offset, start_lineno=3 if with_lineno else None)
+
+
+def test_skip_to_after_reading_is_refused(tmp_path: Path) -> None:
+    with open_log(write(tmp_path, CONTENT, "plain")) as source:
+        next(iter(source))
+        with pytest.raises(InputError, match="after reading"):
+            source.skip_to(77)
+
+
+def test_open_log_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.log")
+    with pytest.raises(InputError, match="nope.log: no such file"):
+        open_log(path)
+
+
+def test_open_log_directory_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is a directory"):
+        open_log(str(tmp_path))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz"])
+def test_open_log_truncated_archive_is_an_input_error(tmp_path: Path, compression: str) -> None:
+    data = COMPRESSORS[compression](CONTENT * 50)
+    path = tmp_path / "cut"
+    path.write_bytes(data[: len(data) // 2])
+    with open_log(str(path)) as source, pytest.raises(InputError, match="cut: cannot read"):
+        list(source)
+
+
+@pytest.mark.parametrize("compression", COMPRESSORS)
+def test_position_reaches_size_hint(tmp_path: Path, compression: str) -> None:
+    path = write(tmp_path, CONTENT * 20, compression)
+    with open_log(path) as source:
+        assert source.size_hint == Path(path).stat().st_size
+        assert source.position() == 0
+        for _ in source:
+            pass
+        assert source.position() == source.size_hint
+
+
+def test_open_log_empty_file(tmp_path: Path) -> None:
+    with open_log(write(tmp_path, b"", "plain")) as source:
+        assert list(source) == []
+        assert source.fingerprint() is not None
+
+
+def test_open_log_iterates_once(tmp_path: Path) -> None:
+    with open_log(write(tmp_path, CONTENT, "plain")) as source:
+        list(source)
+        with pytest.raises(InputError, match="only once"):
+            iter(source)
