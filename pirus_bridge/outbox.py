@@ -8,9 +8,16 @@ Keys, per gatherer ``g`` (all share the hash tag ``{g}``):
     ``ob:{g}:sent``      sorted set: message id → delivery time (recent ones, for audit)
     ``ob:{g}:failed``    sorted set: message id → time it was given up on (dead letters)
     ``ob:{g}:stats``     hash: ``qualified:YYYY-MM``, ``sent:YYYY-MM``, ``failed:YYYY-MM``
+    ``ob:{g}:meta``      hash: message id → delivery history JSON (attempts, last status/error,
+                         body excerpt, first/last attempt times); dropped once delivered
+    ``ob:{g}:circuit``   hash: the gatherer's circuit breaker (see :mod:`pirus_bridge.pusher`)
 
-Enqueue happens inside the counting script (``lua/count.lua``) so that an event is enqueued
-exactly when it is counted, in the same transaction as the file checkpoint.
+States (SPEC §6): pending (due time) → in flight (leased until a deadline) → sent, or back to
+pending with a later due time, or failed. Enqueue happens inside the counting script
+(``lua/count.lua``) so that an event is enqueued exactly when it is counted, in the same
+transaction as the file checkpoint; a message id derived from gatherer and event identity makes
+it idempotent. Claims are atomic Lua scripts; a lease that runs out (its pusher died) returns the
+message to pending, so delivery is at-least-once with duplicates bounded by what was in flight.
 """
 
 from __future__ import annotations
@@ -18,10 +25,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
 
+import redis
+
+from pirus_bridge import keys
 from pirus_bridge.config import GathererConfig
-from pirus_bridge.counter import Identities, event_to_json, utc_month
+from pirus_bridge.counter import Identities, event_from_json, event_to_json, utc_month
 from pirus_bridge.events import UsageEvent
+
+_LUA = files("pirus_bridge") / "lua"
+STATES = ("pending", "inflight", "sent", "failed")
 
 
 def qualifies(gatherer: GathererConfig, event: UsageEvent) -> bool:
@@ -47,3 +65,201 @@ def message_json(event: UsageEvent) -> str:
     return json.dumps(
         {"event": event_to_json(event), "month": utc_month(event.ts)}, separators=(",", ":")
     )
+
+
+@dataclass
+class DeliveryMeta:
+    """A message's delivery history, kept until it is delivered (or purged)."""
+
+    attempts: int = 0
+    first_attempt: float | None = None
+    last_attempt: float | None = None
+    last_status: int | None = None
+    last_error: str = ""
+    body_excerpt: str = ""
+
+    @classmethod
+    def from_json(cls, text: str | bytes | None) -> DeliveryMeta:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"))
+
+
+@dataclass
+class Message:
+    """One outbox message as claimed or listed."""
+
+    id: str
+    gatherer: str
+    event: UsageEvent | None
+    month: str
+    meta: DeliveryMeta = field(default_factory=DeliveryMeta)
+
+    @classmethod
+    def parse(cls, gatherer: str, msg_id: str, body: bytes | str | None,
+              meta: bytes | str | None = None) -> Message:
+        data = json.loads(body) if body else {}
+        event = event_from_json(data["event"]) if "event" in data else None
+        return cls(msg_id, gatherer, event, str(data.get("month", "")),
+                   DeliveryMeta.from_json(meta))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Outbox:
+    """One gatherer's outbox in Redis."""
+
+    def __init__(self, r: redis.Redis, gatherer: str) -> None:
+        self.r = r
+        self.gatherer = gatherer
+        k = {part: keys.outbox(gatherer, part) for part in
+             ("msg", "pending", "inflight", "sent", "failed", "stats", "meta", "circuit")}
+        self.keys = k
+        self._claim = r.register_script((_LUA / "claim.lua").read_text())
+        self._settle = r.register_script((_LUA / "settle.lua").read_text())
+        self._revive = r.register_script((_LUA / "revive.lua").read_text())
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def claim(self, limit: int, lease_s: float, now: float | None = None) -> list[Message]:
+        """Lease up to ``limit`` due messages; expired leases are reclaimed first."""
+        now = time.time() if now is None else now
+        k = self.keys
+        flat = self._claim(
+            keys=[k["pending"], k["inflight"], k["msg"], k["meta"]],
+            args=[now, limit, now + lease_s],
+        )
+        return [
+            Message.parse(self.gatherer, _text(flat[i]), flat[i + 1], flat[i + 2] or None)
+            for i in range(0, len(flat), 3)
+        ]
+
+    def reclaim_expired(self, now: float | None = None) -> None:
+        """Return messages whose lease ran out to pending (a claim of nothing does it)."""
+        self.claim(0, 0, now)
+
+    def settle(
+        self,
+        pipe: redis.client.Pipeline,
+        action: str,
+        message: Message,
+        *,
+        now: float,
+        due: float = 0.0,
+        meta: DeliveryMeta | None = None,
+    ) -> None:
+        """Queue one outcome on ``pipe``: ``sent``, ``retry`` (at ``due``), ``release`` (back to
+        pending at ``due`` without counting an attempt) or ``fail`` (to the failure queue)."""
+        k = self.keys
+        self._settle(
+            keys=[k["inflight"], k["pending"], k["msg"], k["sent"], k["failed"], k["stats"],
+                  k["meta"]],
+            args=[action, message.id, now, message.month, due, meta.to_json() if meta else ""],
+            client=pipe,
+        )
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """``outbox stats`` for this gatherer (SPEC §11)."""
+        now = time.time() if now is None else now
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(k["pending"])
+        pipe.zcard(k["inflight"])
+        pipe.hgetall(k["stats"])
+        pipe.zcard(k["failed"])
+        pipe.zrange(k["pending"], 0, 0, withscores=True)
+        pending, inflight, counters, failed, oldest = pipe.execute()
+        sent = sum(int(v) for f, v in counters.items() if _text(f).startswith("sent:"))
+        age = max(0.0, now - oldest[0][1]) if oldest else 0.0
+        return {
+            "pending": int(pending),
+            "in_flight": int(inflight),
+            "sent": sent,
+            "failed": int(failed),
+            "oldest_pending_age_s": round(age, 1),
+        }
+
+    def month_counts(self, month: str) -> dict[str, int]:
+        """``reconcile``: qualified, sent, failed and still pending (incl. in flight)."""
+        values = self.r.hmget(
+            self.keys["stats"], [f"qualified:{month}", f"sent:{month}", f"failed:{month}"]
+        )
+        qualified, sent, failed = (int(v or 0) for v in values)
+        return {"qualified": qualified, "sent": sent, "failed": failed,
+                "pending": qualified - sent - failed}
+
+    def ids(self, state: str, limit: int = 50, offset: int = 0) -> list[tuple[str, float]]:
+        """Message ids in a state, oldest first, with their score (due, lease, sent or failed
+        time)."""
+        rows: list[Any] = self.r.zrange(
+            self.keys[state], offset, offset + limit - 1, withscores=True
+        )
+        return [(_text(m), float(s)) for m, s in rows]
+
+    def state_of(self, msg_id: str) -> tuple[str, float] | None:
+        pipe = self.r.pipeline(transaction=False)
+        for state in STATES:
+            pipe.zscore(self.keys[state], msg_id)
+        for state, score in zip(STATES, pipe.execute(), strict=True):
+            if score is not None:
+                return state, float(score)
+        return None
+
+    def get(self, msg_id: str) -> Message | None:
+        return self.messages([msg_id]).get(msg_id)
+
+    def messages(self, ids: Iterable[str]) -> dict[str, Message]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        bodies = self.r.hmget(self.keys["msg"], ids)
+        metas = self.r.hmget(self.keys["meta"], ids)
+        return {
+            i: Message.parse(self.gatherer, i, b, m)
+            for i, b, m in zip(ids, bodies, metas, strict=True)
+            if b is not None
+        }
+
+    def revive(self, ids: Iterable[str], now: float | None = None) -> int:
+        """``failed retry``: back to pending, due now, with a fresh attempt count."""
+        now = time.time() if now is None else now
+        k = self.keys
+        n = 0
+        for msg_id, message in self.messages(ids).items():
+            n += int(self._revive(
+                keys=[k["failed"], k["pending"], k["stats"], k["meta"], k["msg"]],
+                args=[msg_id, now, message.month],
+            ))
+        return n
+
+    def purge(self, ids: Iterable[str]) -> int:
+        """``failed purge``: forget failed messages for good (they stay counted as failed)."""
+        k = self.keys
+        n = 0
+        for msg_id in ids:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zrem(k["failed"], msg_id)
+            pipe.hdel(k["msg"], msg_id)
+            pipe.hdel(k["meta"], msg_id)
+            removed, _, _ = pipe.execute()
+            n += int(removed)
+        return n
+
+    def failed_ids(self, older_than_s: float | None = None, now: float | None = None
+                   ) -> list[str]:
+        now = time.time() if now is None else now
+        top = "+inf" if older_than_s is None else now - older_than_s
+        return [_text(m) for m in self.r.zrangebyscore(self.keys["failed"], "-inf", top)]
+
+    def trim_sent(self, keep_s: float, now: float | None = None) -> int:
+        """Forget delivered ids older than the audit period (their monthly counts stay)."""
+        now = time.time() if now is None else now
+        return int(self.r.zremrangebyscore(self.keys["sent"], "-inf", now - keep_s))

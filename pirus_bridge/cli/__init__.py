@@ -27,14 +27,16 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int) -> None:
 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:  # the scheduler logs every job run at INFO
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     ctx.obj = App(config_file)
     ctx.call_on_close(ctx.obj.close)
 
 
 def _register() -> None:
-    from pirus_bridge.cli import admin, usage
+    from pirus_bridge.cli import admin, delivery, service, usage
 
-    for module in (admin, usage):
+    for module in (admin, usage, delivery, service):
         for command in module.COMMANDS:
             cli.add_command(command)
 

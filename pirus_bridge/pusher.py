@@ -1,0 +1,301 @@
+"""Pushing due outbox messages to a gatherer: retries, circuit breaker, rate limit, concurrency.
+
+Inside the push loop a failure is recorded and rescheduled, never raised: a message either is
+delivered (``sent``), comes back later (``retry``, ``release``) or goes to the failure queue
+(``fail``) with its reason.
+
+Outcomes (SPEC §6):
+
+* 2xx — delivered; the raw event is dropped from Redis.
+* connection error, timeout, 408, 5xx — retried with exponential backoff and jitter, up to
+  ``retry.max_attempts`` attempts; then the failure queue.
+* 429 — the gatherer asks us to slow down: the message returns after ``Retry-After`` without
+  using up an attempt, and the gatherer is paused until then.
+* any other 4xx — straight to the failure queue with the status and a body excerpt.
+* A gatherer that is down as a whole (``circuit.failure_threshold`` consecutive failures)
+  opens its circuit: nothing more is sent, no attempts are used up, and one message is sent as a
+  probe every ``circuit.probe_interval_s`` until one gets through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from pirus_bridge.config import Config, GathererConfig, RetryConfig
+from pirus_bridge.contextobject import build_xml, get_profile, render_request
+from pirus_bridge.events import UsageEvent
+from pirus_bridge.exceptions import DeliveryError
+from pirus_bridge.outbox import Message, Outbox, _text
+from pirus_bridge.sender import Sender
+
+log = logging.getLogger(__name__)
+
+XML_BATCH = 100  # ctx-xml: events per POSTed <context-objects> document
+
+
+class RetryPolicy:
+    """Exponential backoff with jitter (tenacity's strategy), capped at ``max_backoff_s``."""
+
+    def __init__(self, cfg: RetryConfig) -> None:
+        self.max_attempts = cfg.max_attempts
+        self._wait = wait_exponential_jitter(
+            initial=cfg.initial_backoff_s, max=cfg.max_backoff_s, jitter=cfg.initial_backoff_s
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._wait(state))
+
+
+@dataclass
+class Circuit:
+    """A gatherer's circuit breaker, kept in Redis so every pusher process shares it."""
+
+    state: str = "closed"  # closed | open
+    failures: int = 0  # consecutive whole-gatherer failures
+    next_probe: float = 0.0
+    paused_until: float = 0.0  # 429 Retry-After
+
+    @classmethod
+    def load(cls, r: redis.Redis, key: str) -> Circuit:
+        raw = {_text(k): _text(v) for k, v in r.hgetall(key).items()}
+        return cls(
+            state=raw.get("state", "closed"),
+            failures=int(raw.get("failures", 0)),
+            next_probe=float(raw.get("next_probe", 0)),
+            paused_until=float(raw.get("paused_until", 0)),
+        )
+
+    def save(self, r: redis.Redis, key: str) -> None:
+        r.hset(key, mapping={"state": self.state, "failures": self.failures,
+                             "next_probe": self.next_probe, "paused_until": self.paused_until})
+
+
+class RateLimiter:
+    """A token bucket shared by the threads of one pusher (per process)."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
+@dataclass
+class PushResult:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    circuit: str = "closed"
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Pusher:
+    """Delivers one gatherer's due messages."""
+
+    def __init__(self, cfg: Config, r: redis.Redis, gatherer: GathererConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.r = r
+        self.g = gatherer
+        self.outbox = Outbox(r, gatherer.name)
+        self.policy = RetryPolicy(gatherer.retry)
+        self.profile = get_profile(gatherer.profile).with_overrides(dict(gatherer.fields))
+        self.sender = Sender(method=gatherer.method, connect_timeout=gatherer.connect_timeout_s,
+                             read_timeout=gatherer.read_timeout_s,
+                             concurrency=gatherer.concurrency)
+        self.limiter = RateLimiter(gatherer.rate_limit_per_s)
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(gatherer.concurrency, f"push-{gatherer.name}")
+        self._metadata: dict[str, dict[str, str]] = {}
+        self.stopping = threading.Event()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.sender.close()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def push_once(self, max_seconds: float | None = None) -> PushResult:
+        """Deliver what is due now, batch after batch, until nothing is due (or the circuit
+        opens, or ``max_seconds`` pass, or :attr:`stopping` is set)."""
+        result = PushResult()
+        started = self.clock()
+        ckey = self.outbox.keys["circuit"]
+        while not self.stopping.is_set():
+            if max_seconds is not None and self.clock() - started > max_seconds:
+                break
+            now = self.clock()
+            circuit = Circuit.load(self.r, ckey)
+            result.circuit = circuit.state
+            if now < circuit.paused_until:
+                break
+            probing = circuit.state == "open"
+            if probing and now < circuit.next_probe:
+                break
+            limit = 1 if probing else self.g.batch_size
+            batch = self.outbox.claim(limit, self.cfg.outbox.lease_s, now)
+            if not batch:
+                break
+            outcomes = self._deliver(batch)
+            self._settle(batch, outcomes, circuit, result)
+            circuit.save(self.r, ckey)
+            result.circuit = circuit.state
+        self.outbox.trim_sent(self.cfg.outbox.sent_audit_days * 86400, self.clock())
+        return result
+
+    def _deliver(self, batch: list[Message]) -> list[DeliveryError | None]:
+        """Send a batch; one outcome per message (None = delivered)."""
+        if self.profile.kind == "xml":
+            outcomes: list[DeliveryError | None] = []
+            for i in range(0, len(batch), XML_BATCH):
+                chunk = batch[i : i + XML_BATCH]
+                outcomes += [self._send_xml(chunk)] * len(chunk)
+            return outcomes
+        if len(batch) == 1 or self.g.concurrency == 1:
+            return [self._send_one(m) for m in batch]
+        return list(self._pool.map(self._send_one, batch))
+
+    def _send_one(self, message: Message) -> DeliveryError | None:
+        if message.event is None:
+            return DeliveryError("message has no event (corrupt)", retryable=False)
+        self.limiter.acquire()
+        try:
+            request = self.render(message.event)
+            self.sender.send(request["url"])
+            return None
+        except DeliveryError as e:
+            return e
+        except Exception as e:  # a bug must not lose the message: record it and move on
+            log.exception("unexpected error delivering %s", message.id)
+            return DeliveryError(f"internal error: {e}", retryable=True)
+
+    def _send_xml(self, chunk: list[Message]) -> DeliveryError | None:
+        self.limiter.acquire()
+        try:
+            ctx = [self.render(m.event)["ctx"] for m in chunk if m.event is not None]
+            self.sender.send_xml_batch(self.g.url, build_xml(ctx))
+            return None
+        except DeliveryError as e:
+            return e
+
+    def render(self, event: UsageEvent) -> dict[str, Any]:
+        """The request for one event with this gatherer's profile and field overrides."""
+        return render_request(
+            event,
+            profile=self.profile,
+            base_url=self.g.url,
+            repository_host=self.cfg.repository.host,
+            metadata=self._item_metadata(event.item),
+            method=self.g.method,
+            resolver=self.cfg.repository.base_url,
+        )
+
+    def _item_metadata(self, item: str) -> dict[str, str]:
+        """Template variables from the item's cached metadata (DOI, MIME type, title)."""
+        cached = self._metadata.get(item)
+        if cached is None:
+            from pirus_bridge import keys
+
+            raw = self.r.hget(keys.metadata(item), "json")
+            cached = {}
+            if raw:
+                data = json.loads(raw)
+                for name in ("doi", "mime_type", "title", "version"):
+                    if isinstance(data.get(name), str):
+                        cached[name] = data[name]
+            if len(self._metadata) > 10_000:
+                self._metadata.clear()
+            self._metadata[item] = cached
+        return cached
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _settle(self, batch: list[Message], outcomes: list[DeliveryError | None],
+                circuit: Circuit, result: PushResult) -> None:
+        now = self.clock()
+        cfg = self.g.circuit
+        pipe = self.r.pipeline(transaction=False)
+        delivered = any(o is None for o in outcomes)
+        for message, error in zip(batch, outcomes, strict=True):
+            if error is None:
+                self.outbox.settle(pipe, "sent", message, now=now)
+                result.sent += 1
+                continue
+            result.errors[error.reason] = result.errors.get(error.reason, 0) + 1
+            meta = message.meta
+            meta.first_attempt = meta.first_attempt or now
+            meta.last_attempt = now
+            meta.last_status = error.status
+            meta.last_error = error.reason
+            meta.body_excerpt = error.body_excerpt
+            if error.status == 429:
+                pause = error.retry_after if error.retry_after is not None else self.policy.delay(1)
+                circuit.paused_until = max(circuit.paused_until, now + pause)
+                self.outbox.settle(pipe, "release", message, now=now, due=now + pause, meta=meta)
+                result.released += 1
+                continue
+            if not error.retryable:
+                meta.attempts += 1
+                self.outbox.settle(pipe, "fail", message, now=now, meta=meta)
+                result.failed += 1
+                continue
+            if not delivered and _gatherer_wide(error):
+                circuit.failures += 1
+                if circuit.state == "open" or circuit.failures >= cfg.failure_threshold:
+                    # The gatherer is down: hold the message without using up an attempt.
+                    if circuit.state != "open":
+                        log.warning("gatherer %s is down (%s); pausing it", self.g.name,
+                                    error.reason)
+                    circuit.state = "open"
+                    circuit.next_probe = now + cfg.probe_interval_s
+                    self.outbox.settle(pipe, "release", message, now=now,
+                                       due=now + cfg.probe_interval_s, meta=meta)
+                    result.released += 1
+                    continue
+            meta.attempts += 1
+            if meta.attempts >= self.policy.max_attempts:
+                self.outbox.settle(pipe, "fail", message, now=now, meta=meta)
+                result.failed += 1
+                continue
+            due = now + max(self.policy.delay(meta.attempts), error.retry_after or 0.0)
+            self.outbox.settle(pipe, "retry", message, now=now, due=due, meta=meta)
+            result.retried += 1
+        if delivered:
+            if circuit.state == "open":
+                log.warning("gatherer %s is back; resuming delivery", self.g.name)
+            circuit.state, circuit.failures = "closed", 0
+        pipe.execute()
+
+
+def _gatherer_wide(error: DeliveryError) -> bool:
+    """Failures that say the gatherer as a whole is unwell, not this one message."""
+    return error.status is None or error.status >= 500 or error.status == 408
