@@ -75,10 +75,12 @@ class ReliableQueue:
         not returned again: the caller keeps those in memory.
         """
         self.heartbeat()
-        first = self.r.blmove(self.name, self.processing, block_s, "RIGHT", "LEFT")
+        first = self.r.blmove(
+            self.name, self.processing, block_s, "RIGHT", "LEFT"  # type: ignore[arg-type]
+        )
         if first is None:
             return []
-        items = [first]
+        items: list[bytes] = [first]
         if max_items > 1:
             pipe = self.r.pipeline(transaction=False)
             for _ in range(max_items - 1):
