@@ -80,7 +80,7 @@ class ReliableQueue:
         )
         if first is None:
             return []
-        items: list[bytes] = [first]
+        items: list[bytes] = [first]  # type: ignore[list-item]
         if max_items > 1:
             pipe = self.r.pipeline(transaction=False)
             for _ in range(max_items - 1):
