@@ -125,6 +125,18 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class LiveConfig:
+    """The live pipeline: files ``serve`` follows, and the seed's queue workers."""
+
+    tail: tuple[Path, ...] = ()
+    queue_workers: bool = False  # serve also runs classifier, counter and loggers in-process
+    log_dir: Path = Path("var/logs")  # where the category loggers write segregated logs
+    log_max_bytes: int = 50 * 1024 * 1024
+    log_backups: int = 10
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
 class Config:
     repository: RepositoryConfig
     redis: RedisConfig = RedisConfig()
@@ -134,6 +146,7 @@ class Config:
     metadata: MetadataConfig = MetadataConfig()
     gatherers: Mapping[str, GathererConfig] = field(default_factory=dict)
     outbox: OutboxConfig = OutboxConfig()
+    live: LiveConfig = LiveConfig()
     source: Path | None = None
 
 
@@ -436,6 +449,21 @@ def _read_outbox(s: _Section) -> OutboxConfig:
     return o
 
 
+def _read_live(s: _Section, base: Path) -> LiveConfig:
+    no_items: list[Any] = []
+    files = tuple(base / _string(v) for v in s.get("tail", _list, no_items))
+    live = LiveConfig(
+        tail=files,
+        queue_workers=s.get("queue_workers", _boolean, False),
+        log_dir=base / s.get("log_dir", _string, "var/logs"),
+        log_max_bytes=s.get("log_max_bytes", _integer(1024), 50 * 1024 * 1024),
+        log_backups=s.get("log_backups", _integer(0), 10),
+        batch_size=s.get("batch_size", _integer(1, 100000), 500),
+    )
+    s.finish()
+    return live
+
+
 def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem."""
     problems: list[Problem] = []
@@ -457,6 +485,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         if g is not None:
             gatherers[str(name)] = g
     outbox = _read_outbox(top.section("outbox"))
+    live = _read_live(top.section("live"), base)
     top.finish()
     if problems or repository is None:
         raise ConfigError(problems, source=source)
@@ -469,6 +498,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         metadata=metadata,
         gatherers=gatherers,
         outbox=outbox,
+        live=live,
         source=Path(source) if source else None,
     )
 

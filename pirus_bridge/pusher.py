@@ -48,9 +48,13 @@ class RetryPolicy:
 
     def __init__(self, cfg: RetryConfig) -> None:
         self.max_attempts = cfg.max_attempts
-        self._wait = wait_exponential_jitter(
-            initial=cfg.initial_backoff_s, max=cfg.max_backoff_s, jitter=cfg.initial_backoff_s
-        )
+        base = cfg.initial_backoff_s
+        try:
+            self._wait = wait_exponential_jitter(multiplier=base, max=cfg.max_backoff_s,
+                                                 jitter=base)
+        except TypeError:  # tenacity < 9.2 calls it ``initial`` (9.2 deprecates that name)
+            self._wait = wait_exponential_jitter(initial=base, max=cfg.max_backoff_s,
+                                                 jitter=base)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -165,10 +169,13 @@ class Pusher:
             batch = self.outbox.claim(limit, self.cfg.outbox.lease_s, now)
             if not batch:
                 break
+            released = result.released
             outcomes = self._deliver(batch)
             self._settle(batch, outcomes, circuit, result)
             circuit.save(self.r, ckey)
             result.circuit = circuit.state
+            if result.released > released:
+                break  # paused (429) or down: what was held back waits for the next pass
         self.outbox.trim_sent(self.cfg.outbox.sent_audit_days * 86400, self.clock())
         return result
 
@@ -206,6 +213,9 @@ class Pusher:
             return None
         except DeliveryError as e:
             return e
+        except Exception as e:  # as in _send_one: record it, never lose the batch
+            log.exception("unexpected error delivering a batch of %d", len(chunk))
+            return DeliveryError(f"internal error: {e}", retryable=True)
 
     def render(self, event: UsageEvent) -> dict[str, Any]:
         """The request for one event with this gatherer's profile and field overrides."""
@@ -245,6 +255,7 @@ class Pusher:
         cfg = self.g.circuit
         pipe = self.r.pipeline(transaction=False)
         delivered = any(o is None for o in outcomes)
+        calls: set[int] = set()  # failed gatherer calls (a ctx-xml POST carries many messages)
         for message, error in zip(batch, outcomes, strict=True):
             if error is None:
                 self.outbox.settle(pipe, "sent", message, now=now)
@@ -269,7 +280,9 @@ class Pusher:
                 result.failed += 1
                 continue
             if not delivered and _gatherer_wide(error):
-                circuit.failures += 1
+                if id(error) not in calls:
+                    calls.add(id(error))
+                    circuit.failures += 1
                 if circuit.state == "open" or circuit.failures >= cfg.failure_threshold:
                     # The gatherer is down: hold the message without using up an attempt.
                     if circuit.state != "open":

@@ -8,6 +8,10 @@ if action == 'sent' then
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
   if redis.call('HDEL', KEYS[3], id) == 1 then
+    -- A pusher whose lease ran out may have given up on it meanwhile: it is sent, not failed.
+    if redis.call('ZREM', KEYS[5], id) == 1 then
+      redis.call('HINCRBY', KEYS[6], 'failed:' .. ARGV[4], -1)
+    end
     redis.call('ZADD', KEYS[4], ARGV[3], id)
     redis.call('HINCRBY', KEYS[6], 'sent:' .. ARGV[4], 1)
     redis.call('HDEL', KEYS[7], id)

