@@ -120,7 +120,7 @@ class GathererConfig:
 
 @dataclass(frozen=True)
 class OutboxConfig:
-    lease_s: int = 120
+    lease_s: int = 300
     sent_audit_days: int = 30
 
 
@@ -442,7 +442,7 @@ def _read_gatherer(name: str, s: _Section) -> GathererConfig | None:
 
 def _read_outbox(s: _Section) -> OutboxConfig:
     o = OutboxConfig(
-        lease_s=s.get("lease_s", _integer(1), 120),
+        lease_s=s.get("lease_s", _integer(1), 300),
         sent_audit_days=s.get("sent_audit_days", _integer(0), 30),
     )
     s.finish()

@@ -148,6 +148,16 @@ class Pusher:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def claim_size(self) -> int:
+        """How many messages to lease at once: no more than can be worked off within the lease
+        even if every call runs into its timeouts, so another pusher never reclaims (and
+        duplicates) messages that are still being worked on."""
+        g = self.g
+        per_call = g.connect_timeout_s + g.read_timeout_s
+        rounds = max(1, int(0.8 * self.cfg.outbox.lease_s // per_call))
+        per_round = XML_BATCH if self.profile.kind == "xml" else g.concurrency
+        return max(1, min(g.batch_size, rounds * per_round))
+
     def push_once(self, max_seconds: float | None = None) -> PushResult:
         """Deliver what is due now, batch after batch, until nothing is due (or the circuit
         opens, or ``max_seconds`` pass, or :attr:`stopping` is set)."""
@@ -165,7 +175,7 @@ class Pusher:
             probing = circuit.state == "open"
             if probing and now < circuit.next_probe:
                 break
-            limit = 1 if probing else self.g.batch_size
+            limit = 1 if probing else self.claim_size()
             batch = self.outbox.claim(limit, self.cfg.outbox.lease_s, now)
             if not batch:
                 break
