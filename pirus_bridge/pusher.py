@@ -265,6 +265,9 @@ class Pusher:
         cfg = self.g.circuit
         pipe = self.r.pipeline(transaction=False)
         delivered = any(o is None for o in outcomes)
+        # Any answer that is not a whole-gatherer failure (a 2xx, a 404 …) shows it is up.
+        answering = any(o is None or (o.status is not None and not _gatherer_wide(o))
+                        for o in outcomes)
         calls: set[int] = set()  # failed gatherer calls (a ctx-xml POST carries many messages)
         for message, error in zip(batch, outcomes, strict=True):
             if error is None:
@@ -289,7 +292,7 @@ class Pusher:
                 self.outbox.settle(pipe, "fail", message, now=now, meta=meta)
                 result.failed += 1
                 continue
-            if not delivered and _gatherer_wide(error):
+            if not answering and _gatherer_wide(error):
                 if id(error) not in calls:
                     calls.add(id(error))
                     circuit.failures += 1
@@ -312,7 +315,7 @@ class Pusher:
             due = now + max(self.policy.delay(meta.attempts), error.retry_after or 0.0)
             self.outbox.settle(pipe, "retry", message, now=now, due=due, meta=meta)
             result.retried += 1
-        if delivered:
+        if answering:
             if circuit.state == "open":
                 log.warning("gatherer %s is back; resuming delivery", self.g.name)
             circuit.state, circuit.failures = "closed", 0

@@ -91,6 +91,30 @@ def test_long_outage_pauses_the_gatherer_without_burning_attempts(
                                   "oldest_pending_age_s": 0.0}
 
 
+def test_probe_answered_with_an_http_error_closes_the_circuit(
+    redis_url: str, r: redis.Redis, gatherer: Gatherer, tmp_path: Path
+) -> None:
+    # A gatherer that answers at all (here 404 for the probe) is up: the circuit closes and
+    # the rest is delivered, the 404ed message going to the failure queue with its reason.
+    cfg = delivery_config(redis_url, gatherer.url, batch_size=20,
+                          circuit={"failure_threshold": 2, "probe_interval_s": 60})
+    clock = FakeClock()
+    pusher = Pusher(cfg, r, cfg.gatherers["irus"], clock=clock)
+    box = Outbox(r, "irus")
+    gatherer.stop()
+    enqueue(cfg, r, tmp_path, 10)
+    try:
+        assert pusher.push_once().circuit == "open"
+        gatherer.start()
+        gatherer.script([404])
+        clock.advance(HOUR)
+        probe = pusher.push_once()  # the probe gets the 404; the same pass sends the rest
+        assert (probe.failed, probe.sent, probe.circuit) == (1, 9, "closed")
+    finally:
+        pusher.close()
+    assert box.stats(clock())["failed"] == 1
+
+
 def test_pusher_killed_mid_batch_loses_nothing(
     redis_url: str, r: redis.Redis, gatherer: Gatherer, tmp_path: Path
 ) -> None:
