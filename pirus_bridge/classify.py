@@ -101,25 +101,44 @@ class RobotDetector:
         return hit
 
 
+_UNPARSED = (Category.UNPARSED, None)
+_BOT = (Category.BOT, None)
+_NOTFOUND = (Category.NOTFOUND, None)
+_OTHER = (Category.OTHER, None)
+
+
 class Classifier:
-    """Puts each parsed line in its category; usage lines come back with their mapping match."""
+    """Puts each parsed line in its category; usage lines come back with their mapping match.
+
+    Called once per log line, so the hot path reads the robot detector's caches directly and
+    caches the mapping's answer per URL (a pure function of the URL; item pages repeat).
+    """
 
     def __init__(self, robots: RobotDetector, mapping: Mapping, counting: CountingConfig) -> None:
         self.robots = robots
         self.mapping = mapping
         self.statuses = {200, 304} | ({206} if counting.count_partial else set())
         self.methods = {"GET"} | ({"HEAD"} if counting.count_head else set())
+        self._matches: dict[str, tuple[Category, MappingMatch | None]] = {}
 
     def classify(self, rec: LogRecord | None) -> tuple[Category, MappingMatch | None]:
         if rec is None:
-            return Category.UNPARSED, None
+            return _UNPARSED
         robots = self.robots
-        if robots.is_robot_agent(rec.user_agent) or robots.is_robot_ip(rec.ip):
-            return Category.BOT, None
+        robot = robots._ua_cache.get(rec.user_agent)
+        if robot is None:
+            robot = robots.is_robot_agent(rec.user_agent)
+        if robot or robots.is_robot_ip(rec.ip):
+            return _BOT
         if rec.status >= 400:
-            return Category.NOTFOUND, None
+            return _NOTFOUND
         if rec.status in self.statuses and rec.method in self.methods:
-            match = self.mapping.match(rec.url, "GET")
-            if match is not None:
-                return Category.USAGE, match
-        return Category.OTHER, None
+            found = self._matches.get(rec.url)
+            if found is None:
+                match = self.mapping.match(rec.url, "GET")
+                found = _OTHER if match is None else (Category.USAGE, match)
+                if len(self._matches) >= CACHE_LIMIT:
+                    self._matches.clear()
+                self._matches[rec.url] = found
+            return found
+        return _OTHER

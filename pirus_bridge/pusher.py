@@ -264,7 +264,6 @@ class Pusher:
         now = self.clock()
         cfg = self.g.circuit
         pipe = self.r.pipeline(transaction=False)
-        delivered = any(o is None for o in outcomes)
         # Any answer that is not a whole-gatherer failure (a 2xx, a 404 …) shows it is up.
         answering = any(o is None or (o.status is not None and not _gatherer_wide(o))
                         for o in outcomes)

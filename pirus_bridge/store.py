@@ -17,14 +17,26 @@ import redis
 
 from pirus_bridge import keys
 from pirus_bridge.config import CountingConfig
-from pirus_bridge.counter import Identities, day_state_ttl, utc_day, utc_month
+from pirus_bridge.counter import DAY, Identities, day_state_ttl, utc_day, utc_month
 from pirus_bridge.events import MetricType, UsageEvent
 
-COUNT_LUA = (files("pirus_bridge") / "lua" / "count.lua").read_text()
+# The counting script, sent whole with EVAL inside each transaction (a few KB per batch): unlike
+# EVALSHA it cannot fail with NOSCRIPT after a Redis restart and leave the rest of the
+# transaction (counters, checkpoint) applied without the counts. Comment lines are not sent.
+COUNT_LUA = "\n".join(
+    line
+    for line in (files("pirus_bridge") / "lua" / "count.lua").read_text().splitlines()
+    if not line.lstrip().startswith("--")
+)
 METRIC_CODES = (keys.TII, keys.UII, keys.TIR, keys.UIR)
+OUTBOX_PARTS = ("msg", "pending", "sent", "failed", "stats")  # the order count.lua expects
 # How long a double-click chain is remembered after its last click (wall-clock seconds). Chains
 # are decided on event time; this only bounds memory, so it must exceed the reorder window.
 CHAIN_TTL_MIN_S = 600
+# Per-item and per-day key caches are cleared when they reach this size.
+CACHE_LIMIT = 100_000
+_REQUEST = MetricType.REQUEST
+_R, _I = MetricType.REQUEST.code, MetricType.INVESTIGATION.code
 
 
 def ensure_salt(r: redis.Redis, configured: str | None) -> str:
@@ -52,9 +64,11 @@ class UsageStore:
     def __init__(self, r: redis.Redis, counting: CountingConfig | None = None) -> None:
         self.r = r
         self.counting = counting or CountingConfig()
-        self._count = r.register_script(COUNT_LUA)
         self.chain_ttl = max(CHAIN_TTL_MIN_S, 4 * self.counting.reorder_window_s)
         self.grace_s = self.counting.day_close_grace_h * 3600
+        self._items: dict[str, tuple[str, ...]] = {}
+        self._item_days: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._days: dict[int, tuple[str, str, int]] = {}
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -71,37 +85,47 @@ class UsageStore:
         ``messages`` are ``(gatherer, message id, message JSON)`` for each gatherer the event
         qualifies for; they are enqueued only if the event is counted (not a double-click).
         """
-        now = time.time() if now is None else now
-        item, ts, code = event.item, event.ts, event.metric.code
-        kind = "d" if event.metric is MetricType.REQUEST else "v"
-        day = utc_day(ts)
-        k = [
-            keys.double_click(item, ids.user, code),
-            keys.counter_metrics(item),
-            keys.sessions(item, day),
-            keys.day_clients(day, item, kind),
-            keys.daily(item),
-            keys.dates(item, kind),
-            keys.totals(item, kind),
-            keys.OBJECTITEMS,
-        ]
-        args: list[Any] = [
-            ts,
-            self.counting.double_click_s,
-            self.chain_ttl,
-            utc_month(ts),
-            day,
-            code,
-            ids.session,
-            ids.client,
-            day_state_ttl(ts, now, self.grace_s),
-            item,
-            now,
-        ]
-        for gatherer, msg_id, body in messages:
-            k += [keys.outbox(gatherer, p) for p in ("msg", "pending", "sent", "failed", "stats")]
-            args += [msg_id, body]
-        self._count(keys=k, args=args, client=pipe)
+        batch = self.batch([g for g, _, _ in messages], now)
+        batch.add(event, ids, [(msg_id, body) for _, msg_id, body in messages])
+        batch.queue(pipe)
+
+    def batch(self, gatherers: Sequence[str], now: float | None = None) -> CountBatch:
+        """A :class:`CountBatch` for events that may be enqueued for ``gatherers``."""
+        return CountBatch(self, gatherers, time.time() if now is None else now)
+
+    def _item_keys(self, item: str) -> tuple[str, ...]:
+        """``c:``, ``dly:``, ``dv:``, ``dd:``, ``t:views:``, ``t:dls:`` of an item (cached)."""
+        found = self._items.get(item)
+        if found is None:
+            if len(self._items) >= CACHE_LIMIT:
+                self._items.clear()
+            found = self._items[item] = (
+                keys.counter_metrics(item), keys.daily(item), keys.dates(item, "v"),
+                keys.dates(item, "d"), keys.totals(item, "v"), keys.totals(item, "d"),
+            )  # fmt: skip
+        return found
+
+    def _day_keys(self, item: str, day: str) -> tuple[str, str, str]:
+        """``us:`` and the two daily-unique client sets of an item on a day (cached)."""
+        found = self._item_days.get((item, day))
+        if found is None:
+            if len(self._item_days) >= CACHE_LIMIT:
+                self._item_days.clear()
+            found = self._item_days[item, day] = (
+                keys.sessions(item, day), keys.day_clients(day, item, "v"),
+                keys.day_clients(day, item, "d"),
+            )  # fmt: skip
+        return found
+
+    def _day(self, ts: int) -> tuple[str, str, int]:
+        """``(YYYY-MM-DD, YYYY-MM, end of the day)`` of an event time, UTC (cached per day)."""
+        n = ts // DAY
+        found = self._days.get(n)
+        if found is None:
+            if len(self._days) >= CACHE_LIMIT:
+                self._days.clear()
+            found = self._days[n] = (utc_day(ts), utc_month(ts), n * DAY + DAY)
+        return found
 
     def add_category_counts(self, pipe: redis.client.Pipeline, counts: dict[str, int]) -> None:
         """The seed's ``u:<category>`` processing counters."""
@@ -201,3 +225,62 @@ class UsageStore:
                     series[day]["views"] += entry["views"]
                     series[day]["downloads"] += entry["downloads"]
         return series
+
+
+class CountBatch:
+    """Usage events counted by one call of ``lua/count.lua``, in the order they were added.
+
+    The script decides each event exactly as a call of its own would, but the whole batch costs
+    one command: the bulk path puts one batch, its ``u:`` counters and its checkpoint in one
+    MULTI/EXEC. The reply is ``[counted, enqueued]`` per event, flattened.
+    """
+
+    __slots__ = ("store", "now", "keys", "args", "ngatherers", "size", "_ttls")
+
+    def __init__(self, store: UsageStore, gatherers: Sequence[str], now: float) -> None:
+        self.store = store
+        self.now = now
+        self.ngatherers = len(gatherers)
+        self.keys: list[str] = [keys.OBJECTITEMS]
+        for g in gatherers:
+            self.keys += [keys.outbox(g, part) for part in OUTBOX_PARTS]
+        self.args: list[Any] = [
+            store.counting.double_click_s, store.chain_ttl, now, len(gatherers)
+        ]
+        self.size = 0
+        self._ttls: dict[int, int] = {}  # end of day -> day-state TTL
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(
+        self, event: UsageEvent, ids: Identities, messages: Sequence[tuple[str, str] | None]
+    ) -> None:
+        """Add one event; ``messages[i]`` is ``(message id, JSON)`` for the i-th gatherer, or
+        ``None`` when the event does not go to it."""
+        if len(messages) != self.ngatherers:
+            raise ValueError("one message (or None) per gatherer of the batch")
+        store = self.store
+        item, ts = event.item, event.ts
+        day, month, day_end = store._day(ts)
+        ttl = self._ttls.get(day_end)
+        if ttl is None:  # counter.day_state_ttl, once per day and batch
+            ttl = self._ttls[day_end] = day_state_ttl(ts, self.now, store.grace_s)
+        metrics, daily, dv, dd, tv, td = store._item_keys(item)
+        sessions, clients_v, clients_d = store._day_keys(item, day)
+        if event.metric is _REQUEST:
+            self.keys += (keys.double_click(item, ids.user, _R), metrics, sessions, clients_d,
+                          daily, dd, td)  # fmt: skip
+            self.args += (ts, month, day, _R, ids.session, ids.client, ttl, item)
+        else:
+            self.keys += (keys.double_click(item, ids.user, _I), metrics, sessions, clients_v,
+                          daily, dv, tv)  # fmt: skip
+            self.args += (ts, month, day, _I, ids.session, ids.client, ttl, item)
+        for m in messages:
+            self.args += m if m is not None else ("", "")
+        self.size += 1
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        """Queue the script call on ``pipe`` (nothing when the batch is empty)."""
+        if self.size:
+            pipe.eval(COUNT_LUA, len(self.keys), *self.keys, *self.args)
