@@ -3,13 +3,17 @@
 read → parse → classify → map → reorder → count (+ enqueue) → commit
 
 Every ``counting.batch_size`` lines one MULTI/EXEC transaction writes the counts of the events
-released so far, the ``u:<category>`` counters, and the file's checkpoint (byte offset, line
+released so far, the ``u:<category>`` counters, and the source's checkpoint (byte offset, line
 number and the events still held by the reorder buffer). A run killed at any point resumes at
 the last checkpoint, so a file ingested twice, or resumed after SIGKILL, is counted once.
 
 The events of a batch are counted by one call of the counting script (``UsageStore.batch``).
 Transactions are committed in order by a writer thread, so Redis works on one batch while the
 main thread parses the next; an error in the writer is raised in the main thread.
+
+The same loop serves ``tail``: its source is a :class:`~pirus_bridge.tail.Follower`, which also
+yields ``None`` when the file is idle; the loop then commits what it has, and releases held
+events older than the reorder window by the wall clock.
 """
 
 from __future__ import annotations
@@ -21,76 +25,65 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 
 from pirus_bridge import keys
-from pirus_bridge.classify import Category, Classifier, RobotDetector
+from pirus_bridge.chain import Chain, IngestSummary, Prepared, UnparsedSample
+from pirus_bridge.classify import Category
 from pirus_bridge.config import Config
-from pirus_bridge.counter import Hasher, ReorderBuffer, event_from_json, event_to_json
-from pirus_bridge.events import MetricType, UsageEvent
-from pirus_bridge.logparse import LogFormat
+from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
+from pirus_bridge.events import UsageEvent
 from pirus_bridge.mapping import Mapping
-from pirus_bridge.outbox import message_id, message_json, qualifies
 from pirus_bridge.sources import open_log
-from pirus_bridge.store import UsageStore, ensure_salt
+
+__all__ = ["Ingester", "IngestSummary", "UnparsedSample", "FileCheckpoint"]
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 5
 SWITCH_INTERVAL_S = 0.0005  # GIL switch interval while a writer thread runs (see _Writer)
 Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None)
+Lines = Iterable[tuple[int, int, str] | None]  # (line number, offset after it, text) or idle
 
 
-@dataclass
-class UnparsedSample:
-    file: str
-    line: int
-    text: str
+class Checkpoint(Protocol):
+    """Where a source's progress is saved, in the same transaction as its effects."""
+
+    def load(self, r: redis.Redis) -> tuple[int, int, list[UsageEvent]] | None:
+        """Saved ``(offset, line, held events)``, or None for a new source."""
+
+    def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
+              held: list[UsageEvent]) -> None:
+        """Queue the save of the position after ``line`` and the held events on ``pipe``."""
 
 
-@dataclass
-class IngestSummary:
-    """What a run saw. ``investigations``/``requests`` are events counted after filtering (a
-    Request is not also counted in ``investigations`` here); ``double_clicks`` were dropped."""
+class FileCheckpoint:
+    """A log file's progress, under ``ingest:<fingerprint>``."""
 
-    lines: int = 0
-    unparsed: int = 0
-    bots: int = 0
-    notfound: int = 0
-    other: int = 0
-    investigations: int = 0
-    requests: int = 0
-    double_clicks: int = 0
-    enqueued: dict[str, int] = field(default_factory=dict)
-    samples: list[UnparsedSample] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    def __init__(self, fingerprint: str, path: str) -> None:
+        self.key = keys.ingest_checkpoint(fingerprint)
+        self.path = path
 
-    @property
-    def parsed(self) -> int:
-        return self.lines - self.unparsed
+    def load(self, r: redis.Redis) -> tuple[int, int, list[UsageEvent]] | None:
+        ck = r.hgetall(self.key)
+        if not ck:
+            return None
+        held = [event_from_json(d) for d in json.loads(ck.get(b"held", b"[]"))]
+        return int(ck[b"offset"]), int(ck[b"line"]), held
 
-    def to_json(self) -> dict[str, Any]:
-        """Exactly the ``ingest --json`` shape of SPEC §11."""
-        return {
-            "lines": self.lines,
-            "parsed": self.parsed,
-            "unparsed": self.unparsed,
-            "bots": self.bots,
-            "notfound": self.notfound,
-            "other": self.other,
-            "investigations": self.investigations,
-            "requests": self.requests,
-            "double_clicks": self.double_clicks,
-            "enqueued": dict(self.enqueued),
-        }
+    def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
+              held: list[UsageEvent]) -> None:
+        pipe.hset(self.key, mapping={
+            "offset": offset, "line": line, "file": self.path, "updated": int(time.time()),
+            "held": json.dumps([event_to_json(e) for e in held]),
+        })
 
 
 class Ingester:
-    """Runs log files through the whole chain into Redis."""
+    """Runs log lines through the whole chain into Redis."""
 
     def __init__(
         self,
@@ -99,61 +92,77 @@ class Ingester:
         *,
         send: bool = True,
         mapping: Mapping | None = None,
+        chain: Chain | None = None,
     ) -> None:
         self.cfg = cfg
         self.r = r
-        self.mapping = mapping or Mapping.load(
-            cfg.repository.mapping, host=cfg.repository.host, base_url=cfg.repository.base_url
-        )
-        self.store = UsageStore(r, cfg.counting)
-        robots = RobotDetector(cfg.bots, extra_ips=self.store.bot_ips())
-        self.classifier = Classifier(robots, self.mapping, cfg.counting)
-        self.parser = LogFormat.compile(
-            cfg.log.format, session=cfg.log.session, max_line_bytes=cfg.log.max_line_bytes
-        )
-        self.hasher = Hasher(ensure_salt(r, cfg.counting.salt))
-        self.gatherers = [g for g in cfg.gatherers.values() if g.enabled] if send else []
-        self.metadata = _metadata_cache(cfg, r)
-        self._known_items: set[str] = set()
-        self._oai_from_metadata: dict[str, str] = {}
-
-    # -- one file ------------------------------------------------------------------------------
+        self.chain = chain or Chain(cfg, r, send=send, mapping=mapping)
+        self.gatherers = self.chain.gatherers
 
     def ingest(
         self, path: str, summary: IngestSummary | None = None, progress: Progress | None = None
     ) -> IngestSummary:
         """Ingest one file (``-`` for stdin), resuming at its checkpoint; add to ``summary``."""
         s = summary if summary is not None else IngestSummary()
-        for g in self.gatherers:
-            s.enqueued.setdefault(g.name, 0)
         started = time.perf_counter()
         src = open_log(path)
         try:
-            self._run(src, path, s, progress)
+            fingerprint = src.fingerprint()
+            checkpoint = FileCheckpoint(fingerprint, path) if fingerprint else None
+            if checkpoint is None:
+                s.notes.append(f"{path}: standard input cannot be resumed or recognised if "
+                               "re-read")
+                saved = None
+            else:
+                saved = checkpoint.load(self.r)
+            buffer = ReorderBuffer(self.cfg.counting.reorder_window_s)
+            if saved is not None:
+                offset, lineno, held = saved
+                for event in held:
+                    buffer.push(event)
+                src.skip_to(offset, lineno)
+                if offset:
+                    s.notes.append(f"{path}: already ingested up to line {lineno}; resuming")
+
+            def report() -> None:
+                if progress is not None:
+                    progress(src.position(), src.size_hint)
+
+            self.run(src, checkpoint, buffer, s, name=path, on_batch=report)
+            report()
         finally:
             src.close()
         s.seconds += time.perf_counter() - started
         return s
 
-    def _run(self, src: Any, path: str, s: IngestSummary, progress: Progress | None) -> None:
-        fingerprint = src.fingerprint()
-        ck_key = keys.ingest_checkpoint(fingerprint) if fingerprint else None
-        buffer = ReorderBuffer(self.cfg.counting.reorder_window_s)
-        if ck_key is None:
-            s.notes.append(f"{path}: standard input cannot be resumed or recognised if re-read")
-        else:
-            ck = self.r.hgetall(ck_key)
-            if ck:
-                offset, lineno = int(ck[b"offset"]), int(ck[b"line"])
-                for d in json.loads(ck.get(b"held", b"[]")):
-                    buffer.push(event_from_json(d))
-                src.skip_to(offset, lineno)
-                if offset:
-                    s.notes.append(f"{path}: already ingested up to line {lineno}; resuming")
+    def ingest_all(self, paths: Iterable[str], progress: Progress | None = None
+                   ) -> IngestSummary:
+        summary = IngestSummary()
+        for path in paths:
+            self.ingest(path, summary, progress)
+        return summary
 
-        parse = self.parser.parse
-        classify = self.classifier.classify
+    def run(
+        self,
+        lines: Lines,
+        checkpoint: Checkpoint | None,
+        buffer: ReorderBuffer,
+        s: IngestSummary,
+        *,
+        name: str,
+        on_batch: Callable[[], None] | None = None,
+        drain: bool = True,
+    ) -> None:
+        """The per-line loop: count ``lines`` into Redis, committing every batch (and whenever
+        the source is idle) together with ``checkpoint``. At the end, held events are counted
+        too when ``drain`` is set (a finished file), else kept in the checkpoint."""
+        for g in self.gatherers:
+            s.enqueued.setdefault(g.name, 0)
+        chain = self.chain
+        parse = chain.parser.parse
+        classify = chain.classifier.classify
         batch_size = self.cfg.counting.batch_size
+        window = self.cfg.counting.reorder_window_s
         usage, bot, notfound = Category.USAGE, Category.BOT, Category.NOTFOUND
         other, unparsed = Category.OTHER, Category.UNPARSED
         n_bot = n_usage = n_notfound = n_other = n_unparsed = 0
@@ -162,8 +171,27 @@ class Ingester:
         n = 0
         offset = lineno = 0
         writer = _Writer(s)
+
+        def commit(final: bool = False) -> None:
+            nonlocal released, n, n_bot, n_usage, n_notfound, n_other, n_unparsed
+            if final and drain:
+                released += buffer.drain()
+            counts = {"bot": n_bot, "usage": n_usage, "notfound": n_notfound,
+                      "other": n_other, "unparsed": n_unparsed}  # fmt: skip
+            writer.submit(self._prepare(released, counts, checkpoint, offset, lineno, buffer))
+            released, n = [], 0
+            n_bot = n_usage = n_notfound = n_other = n_unparsed = 0
+            if on_batch is not None:
+                on_batch()
+
         try:
-            for lineno, offset, text in src:
+            for item in lines:
+                if item is None:  # the source is idle: commit, let old held events go
+                    released += buffer.release_before(int(time.time()) - window)
+                    if n or released:
+                        commit()
+                    continue
+                lineno, offset, text = item
                 rec = parse(text)
                 cat, match = classify(rec)
                 if cat is bot:
@@ -187,121 +215,34 @@ class Ingester:
                 elif cat is unparsed:
                     n_unparsed += 1
                     if len(s.samples) < MAX_SAMPLES:
-                        s.samples.append(UnparsedSample(path, lineno, _excerpt(text)))
+                        s.samples.append(UnparsedSample(name, lineno, _excerpt(text)))
                 n += 1
                 if n == batch_size:
-                    counts = {"bot": n_bot, "usage": n_usage, "notfound": n_notfound,
-                              "other": n_other, "unparsed": n_unparsed}  # fmt: skip
-                    writer.submit(
-                        self._prepare(released, counts, ck_key, offset, lineno, buffer, path)
-                    )
-                    released, n = [], 0
-                    n_bot = n_usage = n_notfound = n_other = n_unparsed = 0
-                    if progress is not None:
-                        progress(src.position(), src.size_hint)
-            released += buffer.drain()
-            counts = {"bot": n_bot, "usage": n_usage, "notfound": n_notfound,
-                      "other": n_other, "unparsed": n_unparsed}  # fmt: skip
-            writer.submit(
-                self._prepare(released, counts, ck_key, offset, lineno, buffer, path)
-            )
+                    commit()
+            commit(final=True)
         except BaseException:
             writer.abandon()
             raise
         writer.close()
-        if progress is not None:
-            progress(src.position(), src.size_hint)
 
     def _prepare(
         self,
         events: list[UsageEvent],
         counts: dict[str, int],
-        ck_key: str | None,
+        checkpoint: Checkpoint | None,
         offset: int,
         lineno: int,
         buffer: ReorderBuffer,
-        path: str,
     ) -> _Batch | None:
         """One transaction: the events' counts and messages, the counters, the checkpoint."""
-        if ck_key is not None and not events and not any(counts.values()) and not lineno:
+        if checkpoint is not None and not events and not any(counts.values()) and not lineno:
             return None
-        now = time.time()
         pipe = self.r.pipeline(transaction=True)
-        gatherers = self.gatherers
-        count = self.store.batch([g.name for g in gatherers], now)
-        identities = self.hasher.identities
-        add = count.add
-        with_metadata = self._with_metadata
-        request = MetricType.REQUEST
-        outcomes: list[tuple[bool, tuple[str, ...]]] = []  # (is a Request, gatherers)
-        nobody: tuple[str, ...] = ()
-        if len(gatherers) == 1:  # the usual case, without the lists
-            g = gatherers[0]
-            name, only = g.name, (g.name,)
-            for event in events:
-                event = with_metadata(event, pipe)
-                ids = identities(event)
-                if qualifies(g, event):
-                    add(event, ids, ((message_id(name, event, ids), message_json(event)),))
-                    outcomes.append((event.metric is request, only))
-                else:
-                    add(event, ids, (None,))
-                    outcomes.append((event.metric is request, nobody))
-        else:
-            for event in events:
-                event = with_metadata(event, pipe)
-                ids = identities(event)
-                body: str | None = None
-                messages: list[tuple[str, str] | None] = []
-                names: list[str] = []
-                for g in gatherers:
-                    if qualifies(g, event):
-                        if body is None:
-                            body = message_json(event)
-                        messages.append((message_id(g.name, event, ids), body))
-                        names.append(g.name)
-                    else:
-                        messages.append(None)
-                add(event, ids, messages)
-                outcomes.append((event.metric is request, tuple(names) if names else nobody))
-        count_index = len(pipe) if events else None
-        count.queue(pipe)
-        self.store.add_category_counts(pipe, counts)
-        if ck_key is not None:
-            pipe.hset(
-                ck_key,
-                mapping={
-                    "offset": offset,
-                    "line": lineno,
-                    "held": json.dumps([event_to_json(e) for e in buffer.held()]),
-                    "file": path,
-                    "updated": int(now),
-                },
-            )
-        return _Batch(pipe, count_index, outcomes, counts)
-
-    def _with_metadata(self, event: UsageEvent, pipe: redis.client.Pipeline) -> UsageEvent:
-        """Fill the OAI identifier from metadata when the mapping cannot give it; remember it."""
-        item = event.item
-        if item not in self._known_items:
-            self._known_items.add(item)
-            md = self.metadata.get(item, event.oai_identifier) if self.metadata else None
-            if md is not None and md.oai_identifier and not event.oai_identifier:
-                self._oai_from_metadata[item] = md.oai_identifier
-            oai = event.oai_identifier or self._oai_from_metadata.get(item)
-            if oai:
-                self.store.remember_oai_identifier(pipe, item, oai)
-        if not event.oai_identifier and item in self._oai_from_metadata:
-            return replace(event, oai_identifier=self._oai_from_metadata[item])
-        return event
-
-    def ingest_all(
-        self, paths: Iterable[str], progress: Progress | None = None
-    ) -> IngestSummary:
-        summary = IngestSummary()
-        for path in paths:
-            self.ingest(path, summary, progress)
-        return summary
+        prepared = self.chain.prepare(pipe, events)
+        self.chain.store.add_category_counts(pipe, counts)
+        if checkpoint is not None:
+            checkpoint.write(pipe, offset, lineno, buffer.held())
+        return _Batch(pipe, prepared, counts)
 
 
 @dataclass
@@ -309,8 +250,7 @@ class _Batch:
     """One prepared transaction and what is needed to account for its reply."""
 
     pipe: redis.client.Pipeline
-    count_index: int | None  # where the counting script's reply is, if events were counted
-    outcomes: list[tuple[bool, tuple[str, ...]]]  # per event: is a Request, its gatherers
+    prepared: Prepared
     counts: dict[str, int]  # lines per category
 
 
@@ -385,44 +325,10 @@ class _Writer:
 
     def _commit(self, batch: _Batch) -> None:
         replies = batch.pipe.execute()
-        s = self.summary
-        if batch.count_index is not None:
-            reply = replies[batch.count_index]
-            enqueued_by = s.enqueued
-            for (is_request, names), counted, enqueued in zip(
-                batch.outcomes, reply[0::2], reply[1::2], strict=True
-            ):
-                if not counted:
-                    s.double_clicks += 1
-                elif is_request:
-                    s.requests += 1
-                else:
-                    s.investigations += 1
-                if enqueued:
-                    for name in names:
-                        enqueued_by[name] = enqueued_by.get(name, 0) + 1
-        counts = batch.counts
-        s.lines += sum(counts.values())
-        s.unparsed += counts["unparsed"]
-        s.bots += counts["bot"]
-        s.notfound += counts["notfound"]
-        s.other += counts["other"]
+        Chain.account(batch.prepared, replies, self.summary)
+        self.summary.add_lines(batch.counts)
 
 
 def _excerpt(text: str, limit: int = 120) -> str:
     clean = text.replace("\x00", "\\0")
     return clean if len(clean) <= limit else clean[:limit] + "…"
-
-
-def _metadata_cache(cfg: Config, r: redis.Redis) -> Any:
-    if cfg.metadata.provider == "none":
-        return None
-    from pirus_bridge.metadata import MetadataCache, OaiPmhProvider, SolrProvider
-
-    provider: Any
-    assert cfg.metadata.url is not None  # the config requires it with a provider
-    if cfg.metadata.provider == "oai-pmh":
-        provider = OaiPmhProvider(cfg.metadata.url, metadata_prefix=cfg.metadata.metadata_prefix)
-    else:
-        provider = SolrProvider(cfg.metadata.url, id_field=cfg.metadata.id_field)
-    return MetadataCache(r, provider)

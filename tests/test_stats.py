@@ -233,11 +233,6 @@ def test_metadata_entities_from_oai_pmh(
     assert entity_stats(r, "Smith, Jane")["totals"] == UsageStore(r).item_stats("1234")["totals"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest._metadata_cache() builds MetadataCache(r, provider) without "
-    "scoped_entities=cfg.metadata.scoped_entities, so `metadata.scoped_entities: true` is ignored",
-)
 def test_metadata_scoped_entities_setting_is_honoured(
     tmp_path: Path, redis_url: str, r: redis.Redis, oai_server: ScriptedHTTPServer
 ) -> None:
