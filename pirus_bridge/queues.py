@@ -69,15 +69,19 @@ class ReliableQueue:
         self.r.set(self.alive, "1", ex=HEARTBEAT_S)
 
     def take(self, max_items: int, block_s: float) -> list[bytes]:
-        """Up to ``max_items`` items, waiting at most ``block_s`` for the first one.
+        """Up to ``max_items`` items, waiting at most ``block_s`` for the first one (0: not at
+        all).
 
         Items already in this worker's processing list (held back by a previous round) are
         not returned again: the caller keeps those in memory.
         """
         self.heartbeat()
-        first = self.r.blmove(
-            self.name, self.processing, block_s, "RIGHT", "LEFT"  # type: ignore[arg-type]
-        )
+        if block_s > 0:
+            first = self.r.blmove(
+                self.name, self.processing, block_s, "RIGHT", "LEFT"  # type: ignore[arg-type]
+            )
+        else:
+            first = self.r.lmove(self.name, self.processing, "RIGHT", "LEFT")
         if first is None:
             return []
         items: list[bytes] = [first]  # type: ignore[list-item]

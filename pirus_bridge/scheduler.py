@@ -1,10 +1,12 @@
-"""The long-running service: scheduled pushes and maintenance, with APScheduler.
+"""The long-running service: scheduled pushes, maintenance, tails and queue workers.
 
 Each enabled gatherer is pushed on its own ``interval_s`` or ``cron`` schedule; one job never
 overlaps itself (``max_instances=1``, missed runs coalesce). Maintenance runs every few minutes:
 it returns expired leases to pending (so ``outbox stats`` tells the truth while no pusher runs)
-and forgets delivered ids older than the audit period. On SIGTERM or SIGINT every pusher finishes
-the batch in hand, settles it, and the process exits.
+and forgets delivered ids older than the audit period. The files of ``live.tail`` are followed,
+and with ``live.queue_workers`` the classifier, counter and logger run too, each in a thread.
+On SIGTERM or SIGINT every component finishes the batch in hand, commits or settles it, and the
+process exits.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -46,7 +47,38 @@ class Service:
         self.pushers = [Pusher(cfg, r, g) for g in cfg.gatherers.values() if g.enabled]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
-        self.extra_stops: list[Callable[[], None]] = []  # other components (tails, workers)
+        self.threads: list[threading.Thread] = []
+        self.tails = list(cfg.live.tail)
+        self.followers: dict[Any, Any] = {}  # path -> its current Follower
+        self.workers: list[Any] = []
+        if cfg.live.queue_workers:
+            from pirus_bridge.workers import make_worker
+
+            self.workers = [make_worker(role, cfg, r)
+                            for role in ("classifier", "counter", "logger")]
+
+    def describe(self) -> str:
+        parts = [f"{len(self.pushers)} gatherer(s)"]
+        if self.tails:
+            parts.append("tailing " + ", ".join(str(p) for p in self.tails))
+        if self.workers:
+            parts.append("queue workers " + ", ".join(w.role for w in self.workers))
+        return "; ".join(parts)
+
+    def _follow(self, path: Any) -> None:
+        """Follow one file until stopped; if Redis goes away, start again from the saved
+        position (nothing uncommitted was counted, so nothing is lost or repeated)."""
+        from pirus_bridge.tail import Follower, follow
+
+        while not self.stopped.is_set():
+            follower = self.followers[path] = Follower(path)
+            if self.stopped.is_set():
+                break
+            try:
+                follow(self.cfg, self.r, path, follower=follower)
+            except redis.RedisError as e:
+                log.warning("tail %s paused: Redis unavailable (%s)", path, e)
+                self.stopped.wait(5)
 
     def push(self, pusher: Pusher) -> None:
         try:
@@ -79,19 +111,30 @@ class Service:
             id="maintenance", max_instances=1, coalesce=True, next_run_time=_now(),
         )
         self.scheduler.start()
-        log.info("serving: %d gatherer(s)", len(self.pushers))
+        for path in self.tails:
+            self.threads.append(threading.Thread(target=self._follow, args=(path,),
+                                                 name=f"tail:{path}"))
+        for w in self.workers:
+            self.threads.append(threading.Thread(target=w.run, name=f"worker:{w.role}"))
+        for thread in self.threads:
+            thread.start()
+        log.info("serving: %s", self.describe())
 
     def stop(self) -> None:
         """Let every pusher finish and settle its batch, then shut down."""
         for p in self.pushers:
             p.stopping.set()
-        for stop in self.extra_stops:
-            stop()
+        self.stopped.set()
+        for follower in list(self.followers.values()):
+            follower.stopping = True
+        for w in self.workers:
+            w.stop()
+        for thread in self.threads:
+            thread.join()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         for p in self.pushers:
             p.close()
-        self.stopped.set()
 
     def run_forever(self) -> None:
         """Start, then block until SIGTERM or SIGINT, then stop cleanly."""

@@ -21,6 +21,7 @@ Rotation:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -29,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import redis
+
+from pirus_bridge.chain import Chain, IngestSummary
+from pirus_bridge.config import Config
+from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
+from pirus_bridge.events import UsageEvent
 from pirus_bridge.sources import open_log
+from pirus_bridge.store import text
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +51,6 @@ class Position:
     identity: str
     offset: int
     line: int
-
-    def to_dict(self) -> dict[str, str | int]:
-        return {"identity": self.identity, "offset": self.offset, "line": self.line}
 
     @classmethod
     def from_dict(cls, d: dict[str, str]) -> Position:
@@ -193,9 +198,9 @@ class Follower:
         # Lines of a rotated file keep that file's position until they are all yielded, so a
         # crash in between resumes in the rotated file, not past it.
         pending, self._pending = self._pending, []
-        for n, off, text, pos in pending:
+        for n, off, line, pos in pending:
             self._last = pos
-            yield n, off, text
+            yield n, off, line
 
     def _read_available(self) -> Iterator[tuple[int, int, str]]:
         f = self._f
@@ -241,3 +246,58 @@ class Follower:
             self._open(0, 0)
             return True
         return False
+
+
+class TailCheckpoint:
+    """A followed file's position and held events, under ``tail:<absolute path>``.
+
+    The position written is the follower's own (which may still be inside a rotated file), not
+    the offset the loop passes, so a restart resumes exactly after the last committed line.
+    """
+
+    def __init__(self, path: Path, follower: Follower) -> None:
+        self.key = f"tail:{path.resolve()}"
+        self.follower = follower
+
+    def saved_position(self, r: redis.Redis) -> Position | None:
+        raw = r.hgetall(self.key)
+        if not raw or b"identity" not in raw:
+            return None
+        return Position.from_dict({text(k): text(v) for k, v in raw.items()})
+
+    def load(self, r: redis.Redis) -> tuple[int, int, list[UsageEvent]] | None:
+        raw = r.hget(self.key, "held")
+        held = [event_from_json(d) for d in json.loads(raw)] if raw else []
+        return 0, 0, held
+
+    def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
+              held: list[UsageEvent]) -> None:
+        pos = self.follower.position()
+        if pos is None:
+            return
+        pipe.hset(self.key, mapping={
+            "identity": pos.identity, "offset": pos.offset, "line": pos.line,
+            "held": json.dumps([event_to_json(e) for e in held]), "updated": int(time.time()),
+        })
+
+
+def follow(cfg: Config, r: redis.Redis, path: str | Path, *, chain: Chain | None = None,
+           follower: Follower | None = None) -> IngestSummary:
+    """Follow ``path`` into the usage model until ``follower.stopping`` is set (``tail``)."""
+    from pirus_bridge.ingest import Ingester
+
+    path = Path(path)
+    follower = follower or Follower(path)
+    checkpoint = TailCheckpoint(path, follower)
+    follower.resume(checkpoint.saved_position(r))
+    buffer = ReorderBuffer(cfg.counting.reorder_window_s)
+    saved = checkpoint.load(r)
+    for event in saved[2] if saved else []:
+        buffer.push(event)
+    summary = IngestSummary()
+    try:
+        Ingester(cfg, r, chain=chain).run(follower, checkpoint, buffer, summary,
+                                          name=str(path), drain=False)
+    finally:
+        follower.close()
+    return summary

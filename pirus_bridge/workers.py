@@ -1,0 +1,221 @@
+"""The live pipeline's queue workers: the seed's topology, crash-safe (``pirus-bridge worker``).
+
+::
+
+    q:loglines ─► classifier ─┬─► q:bothits / q:objectviews / q:fof / q:other / q:unparsed
+                              │        └─► logger: segregated rotating log files, u:<category>
+                              └─► q:count ─► counter: the usage model and the outbox
+
+Each worker takes a batch from its queue into its own processing list and commits the batch's
+effects together with its acknowledgement in one MULTI/EXEC (see :mod:`pirus_bridge.queues`).
+Run as many classifiers and counters as you like, on as many hosts; a killed worker's batch is
+picked up by the others once its heartbeat expires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from pirus_bridge import keys
+from pirus_bridge.chain import Chain
+from pirus_bridge.config import Config
+from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
+from pirus_bridge.events import UsageEvent
+from pirus_bridge.ingest import IngestSummary
+from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, LOGLINES, ReliableQueue
+
+log = logging.getLogger(__name__)
+
+ROLES = ("classifier", "counter", "logger")
+RECOVER_EVERY_S = 10.0
+BLOCK_S = 1.0
+
+
+class Worker:
+    """A loop over one or more reliable queues until :meth:`stop`."""
+
+    role = ""
+
+    def __init__(self, cfg: Config, r: redis.Redis) -> None:
+        self.cfg = cfg
+        self.r = r
+        self.batch_size = cfg.live.batch_size
+        self.stopping = threading.Event()
+        self.queues: list[ReliableQueue] = []
+        self.processed = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Work until stopped; then give back whatever is not committed."""
+        last_recover = 0.0
+        log.info("%s worker started", self.role)
+        try:
+            while not self.stopping.is_set():
+                if time.monotonic() - last_recover > RECOVER_EVERY_S:
+                    for q in self.queues:
+                        moved = q.recover_orphans()
+                        if moved:
+                            log.warning("recovered %d item(s) of a dead worker on %s", moved,
+                                        q.name)
+                    last_recover = time.monotonic()
+                try:
+                    self.step()
+                except redis.ConnectionError as e:
+                    log.warning("%s worker: Redis unavailable (%s); retrying", self.role, e)
+                    self.stopping.wait(2.0)
+        finally:
+            self.finish()
+            for q in self.queues:
+                try:
+                    q.stop()
+                except redis.RedisError:
+                    pass
+            log.info("%s worker stopped after %d item(s)", self.role, self.processed)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once when the loop ends (before uncommitted items are given back)."""
+
+
+class ClassifierWorker(Worker):
+    """``q:loglines`` → the category queues, and usage events → ``q:count``."""
+
+    role = "classifier"
+
+    def __init__(self, cfg: Config, r: redis.Redis, chain: Chain | None = None) -> None:
+        super().__init__(cfg, r)
+        self.chain = chain or Chain(cfg, r)
+        self.queue = ReliableQueue(r, LOGLINES)
+        self.queues = [self.queue]
+
+    def step(self) -> None:
+        items = self.queue.take(self.batch_size, BLOCK_S)
+        if not items:
+            return
+        routed: dict[str, list[bytes]] = {}
+        events: list[str] = []
+        for raw in items:
+            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+            category, event = self.chain.line(text)
+            routed.setdefault(CATEGORY_QUEUES[category.value], []).append(raw)
+            if event is not None:
+                events.append(json.dumps(event_to_json(event), separators=(",", ":")))
+        pipe = self.r.pipeline(transaction=True)
+        for name, lines in routed.items():
+            pipe.lpush(name, *lines)
+        if events:
+            pipe.lpush(COUNT, *events)
+        self.queue.ack(pipe)
+        pipe.execute()
+        self.processed += len(items)
+
+
+class CounterWorker(Worker):
+    """``q:count`` → the usage model and the outbox, in event-time order."""
+
+    role = "counter"
+
+    def __init__(self, cfg: Config, r: redis.Redis, chain: Chain | None = None) -> None:
+        super().__init__(cfg, r)
+        self.chain = chain or Chain(cfg, r)
+        self.queue = ReliableQueue(r, COUNT)
+        self.queues = [self.queue]
+        self.buffer = ReorderBuffer(cfg.counting.reorder_window_s)
+        self.summary = IngestSummary()
+
+    def step(self) -> None:
+        items = self.queue.take(self.batch_size, BLOCK_S)
+        released: list[UsageEvent] = []
+        for raw in items:
+            released += self.buffer.push(event_from_json(json.loads(raw)))
+        if not items:
+            # Idle: nothing earlier than the window can still be on its way.
+            released = self.buffer.release_before(int(time.time()) - self.buffer.window_s)
+            if not released:
+                return
+        self.commit(released)
+        self.processed += len(items)
+
+    def commit(self, events: list[UsageEvent]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        prepared = self.chain.prepare(pipe, events)
+        held = [json.dumps(event_to_json(e), separators=(",", ":")) for e in self.buffer.held()]
+        self.queue.ack(pipe, keep=held)
+        replies = pipe.execute()
+        self.chain.account(prepared, replies, self.summary)
+
+    def finish(self) -> None:
+        """Held events stay in the processing list and go back to ``q:count`` on stop."""
+
+
+class LoggerWorker(Worker):
+    """The category queues → segregated, rotating log files and the ``u:<category>`` counters.
+
+    A line is written to its file before the batch is acknowledged, so a crash can repeat a
+    few lines in a file, never lose one; the counters commit with the acknowledgement.
+    """
+
+    role = "logger"
+
+    def __init__(self, cfg: Config, r: redis.Redis) -> None:
+        super().__init__(cfg, r)
+        self.queues = [ReliableQueue(r, name) for name in CATEGORY_QUEUES.values()]
+        self.counters = {q: keys.CATEGORY_COUNTERS[cat]
+                         for q, cat in zip(self.queues, CATEGORY_QUEUES, strict=True)}
+        cfg.live.log_dir.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, logging.handlers.RotatingFileHandler] = {}
+        for q in self.queues:
+            path = Path(cfg.live.log_dir) / (q.name.removeprefix("q:") + ".log")
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=cfg.live.log_max_bytes, backupCount=cfg.live.log_backups,
+                encoding="utf-8",
+            )
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self.files[q.name] = handler
+
+    def step(self) -> None:
+        busy = False
+        for q in self.queues:
+            items = q.take(self.batch_size, 0)
+            if not items:
+                continue
+            busy = True
+            handler = self.files[q.name]
+            for raw in items:
+                record = logging.makeLogRecord(
+                    {"msg": raw.decode("utf-8", "replace").rstrip("\r\n"), "args": None})
+                handler.handle(record)
+            handler.flush()
+            pipe = self.r.pipeline(transaction=True)
+            pipe.incrby(self.counters[q], len(items))
+            q.ack(pipe)
+            pipe.execute()
+            self.processed += len(items)
+        if not busy:
+            self.stopping.wait(0.2)
+
+    def finish(self) -> None:
+        for handler in self.files.values():
+            handler.close()
+
+
+def make_worker(role: str, cfg: Config, r: redis.Redis) -> Worker:
+    if role == "classifier":
+        return ClassifierWorker(cfg, r)
+    if role == "counter":
+        return CounterWorker(cfg, r)
+    if role == "logger":
+        return LoggerWorker(cfg, r)
+    raise ValueError(f"unknown worker role {role!r}: use one of {', '.join(ROLES)}")
+
