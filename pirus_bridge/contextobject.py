@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from lxml import etree
 
@@ -275,10 +275,23 @@ def validate_overrides(
     return problems
 
 
+_QUOTED: dict[str, str] = {}  # values repeat a lot (User-Agents, item URLs, constants)
+
+
+def _quote(value: str) -> str:
+    hit = _QUOTED.get(value)
+    if hit is None:
+        hit = quote(value, safe="")
+        if len(_QUOTED) >= 50_000:
+            _QUOTED.clear()
+        _QUOTED[value] = hit
+    return hit
+
+
 def encode_kev(pairs: Iterable[tuple[str, str]]) -> str:
     """URL-encode KEV pairs: UTF-8, every reserved character (``:`` ``/`` ``&`` …) as %XX,
     spaces as ``%20``."""
-    return urlencode(list(pairs), quote_via=quote, safe="")
+    return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
 
 
 def build_url(base_url: str, pairs: Iterable[tuple[str, str]]) -> str:

@@ -156,11 +156,26 @@ class Outbox:
     ) -> None:
         """Queue one outcome on ``pipe``: ``sent``, ``retry`` (at ``due``), ``release`` (back to
         pending at ``due`` without counting an attempt) or ``fail`` (to the failure queue)."""
+        self.settle_many(pipe, [(action, message, due, meta)], now=now)
+
+    def settle_many(
+        self,
+        pipe: redis.client.Pipeline,
+        outcomes: list[tuple[str, Message, float, DeliveryMeta | None]],
+        *,
+        now: float,
+    ) -> None:
+        """Queue many ``(action, message, due, meta)`` outcomes as one script call."""
+        if not outcomes:
+            return
         k = self.keys
+        args: list[Any] = [now]
+        for action, message, due, meta in outcomes:
+            args += [action, message.id, message.month, due, meta.to_json() if meta else ""]
         self._settle(
             keys=[k["inflight"], k["pending"], k["msg"], k["sent"], k["failed"], k["stats"],
                   k["meta"]],
-            args=[action, message.id, now, message.month, due, meta.to_json() if meta else ""],
+            args=args,
             client=pipe,
         )
 

@@ -35,7 +35,7 @@ from pirus_bridge.config import Config, GathererConfig, RetryConfig
 from pirus_bridge.contextobject import build_xml, get_profile, render_request
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.exceptions import DeliveryError
-from pirus_bridge.outbox import Message, Outbox, _text
+from pirus_bridge.outbox import DeliveryMeta, Message, Outbox, _text
 from pirus_bridge.sender import Sender
 
 log = logging.getLogger(__name__)
@@ -263,14 +263,14 @@ class Pusher:
                 circuit: Circuit, result: PushResult) -> None:
         now = self.clock()
         cfg = self.g.circuit
-        pipe = self.r.pipeline(transaction=False)
+        settled: list[tuple[str, Message, float, DeliveryMeta | None]] = []
         # Any answer that is not a whole-gatherer failure (a 2xx, a 404 …) shows it is up.
         answering = any(o is None or (o.status is not None and not _gatherer_wide(o))
                         for o in outcomes)
         calls: set[int] = set()  # failed gatherer calls (a ctx-xml POST carries many messages)
         for message, error in zip(batch, outcomes, strict=True):
             if error is None:
-                self.outbox.settle(pipe, "sent", message, now=now)
+                settled.append(("sent", message, 0.0, None))
                 result.sent += 1
                 continue
             result.errors[error.reason] = result.errors.get(error.reason, 0) + 1
@@ -283,12 +283,12 @@ class Pusher:
             if error.status == 429:
                 pause = error.retry_after if error.retry_after is not None else self.policy.delay(1)
                 circuit.paused_until = max(circuit.paused_until, now + pause)
-                self.outbox.settle(pipe, "release", message, now=now, due=now + pause, meta=meta)
+                settled.append(("release", message, now + pause, meta))
                 result.released += 1
                 continue
             if not error.retryable:
                 meta.attempts += 1
-                self.outbox.settle(pipe, "fail", message, now=now, meta=meta)
+                settled.append(("fail", message, 0.0, meta))
                 result.failed += 1
                 continue
             if not answering and _gatherer_wide(error):
@@ -302,22 +302,23 @@ class Pusher:
                                     error.reason)
                     circuit.state = "open"
                     circuit.next_probe = now + cfg.probe_interval_s
-                    self.outbox.settle(pipe, "release", message, now=now,
-                                       due=now + cfg.probe_interval_s, meta=meta)
+                    settled.append(("release", message, now + cfg.probe_interval_s, meta))
                     result.released += 1
                     continue
             meta.attempts += 1
             if meta.attempts >= self.policy.max_attempts:
-                self.outbox.settle(pipe, "fail", message, now=now, meta=meta)
+                settled.append(("fail", message, 0.0, meta))
                 result.failed += 1
                 continue
             due = now + max(self.policy.delay(meta.attempts), error.retry_after or 0.0)
-            self.outbox.settle(pipe, "retry", message, now=now, due=due, meta=meta)
+            settled.append(("retry", message, due, meta))
             result.retried += 1
         if answering:
             if circuit.state == "open":
                 log.warning("gatherer %s is back; resuming delivery", self.g.name)
             circuit.state, circuit.failures = "closed", 0
+        pipe = self.r.pipeline(transaction=False)
+        self.outbox.settle_many(pipe, settled, now=now)
         pipe.execute()
 
 

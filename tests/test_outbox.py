@@ -35,7 +35,7 @@ def settle(box: Outbox, action: str, message: Message, now: float, due: float = 
            meta: DeliveryMeta | None = None) -> int:
     pipe = box.r.pipeline(transaction=False)
     box.settle(pipe, action, message, now=now, due=due, meta=meta)
-    return int(pipe.execute()[0])
+    return int(pipe.execute()[0][0])  # one outcome per script call here
 
 
 def later() -> float:

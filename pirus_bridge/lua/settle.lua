@@ -1,34 +1,41 @@
--- Record the outcome of one delivery attempt.
+-- Record the outcomes of delivery attempts, one or many in a call.
 -- KEYS 1 inflight  2 pending  3 msg  4 sent  5 failed  6 stats  7 meta
--- ARGV 1 action (sent|retry|release|fail)  2 id  3 now  4 month  5 due  6 meta JSON or ''
--- Returns 1 if applied, 0 if not (already delivered, or the lease was lost to another pusher).
-local action, id = ARGV[1], ARGV[2]
-if action == 'sent' then
-  -- Delivered: whoever holds it now must not send it again; the raw event is dropped.
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  if redis.call('HDEL', KEYS[3], id) == 1 then
-    -- A pusher whose lease ran out may have given up on it meanwhile: it is sent, not failed.
-    if redis.call('ZREM', KEYS[5], id) == 1 then
-      redis.call('HINCRBY', KEYS[6], 'failed:' .. ARGV[4], -1)
+-- ARGV 1 now, then 5 per message: action (sent|retry|release|fail), id, month, due,
+--      meta JSON or ''
+-- Returns per message 1 if applied, 0 if not (already delivered, or the lease was lost to
+-- another pusher).
+local now = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 5 do
+  local action, id, month, due, meta = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4]
+  local applied = 0
+  if action == 'sent' then
+    -- Delivered: whoever holds it now must not send it again; the raw event is dropped.
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    if redis.call('HDEL', KEYS[3], id) == 1 then
+      -- A pusher whose lease ran out may have given up on it meanwhile: it is sent, not failed.
+      if redis.call('ZREM', KEYS[5], id) == 1 then
+        redis.call('HINCRBY', KEYS[6], 'failed:' .. month, -1)
+      end
+      redis.call('ZADD', KEYS[4], now, id)
+      redis.call('HINCRBY', KEYS[6], 'sent:' .. month, 1)
+      redis.call('HDEL', KEYS[7], id)
+      applied = 1
     end
-    redis.call('ZADD', KEYS[4], ARGV[3], id)
-    redis.call('HINCRBY', KEYS[6], 'sent:' .. ARGV[4], 1)
-    redis.call('HDEL', KEYS[7], id)
-    return 1
+  elseif redis.call('ZREM', KEYS[1], id) == 1 then
+    if meta ~= '' then
+      redis.call('HSET', KEYS[7], id, meta)
+    end
+    if action == 'fail' then
+      redis.call('ZADD', KEYS[5], now, id)
+      redis.call('HINCRBY', KEYS[6], 'failed:' .. month, 1)
+    else
+      redis.call('ZADD', KEYS[2], due, id)
+    end
+    applied = 1
   end
-  return 0
+  out[#out + 1] = applied
 end
-if redis.call('ZREM', KEYS[1], id) == 0 then
-  return 0
-end
-if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[7], id, ARGV[6])
-end
-if action == 'fail' then
-  redis.call('ZADD', KEYS[5], ARGV[3], id)
-  redis.call('HINCRBY', KEYS[6], 'failed:' .. ARGV[4], 1)
-else
-  redis.call('ZADD', KEYS[2], ARGV[5], id)
-end
-return 1
+return out
