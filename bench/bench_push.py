@@ -9,21 +9,28 @@ delivered; then time a bare keep-alive ``requests.Session`` loop sending the sam
 (rendered with ``Pusher.render``) to the same gatherer. Prints the median of the rounds for both,
 and the ratio (targets: >= 2,000 events/s and >= 0.8x the bare loop).
 
+``--gatherer nginx`` answers with nginx (Debian's ``nginx-light``, installed with apt-get when
+missing and running as root) instead of the Python test gatherer, whose own speed (a few
+thousand requests/s on two cores) otherwise caps both figures.
+
     .venv/bin/python bench/bench_push.py [--events 20000] [--rounds 3]
-        [--concurrency 4] [--batch-size 500] [--profile]
+        [--concurrency 4] [--batch-size 500] [--gatherer python|nginx] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -118,25 +125,63 @@ def time_bare(urls: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx on a free loopback port answering 200 to everything (installed if missing)."""
+    if shutil.which("nginx") is None:
+        if os.geteuid() != 0:
+            raise SystemExit("nginx is missing: apt-get install nginx-light (as root)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    from tests.redis_server import free_port
+
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        "daemon off; worker_processes 1; pid nginx.pid; error_log error.log;\n"
+        "events { worker_connections 256; }\n"
+        "http { access_log off; keepalive_requests 1000000;\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200; }} }} }}\n"
+    )
+    proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/counter/"
+    for _ in range(100):
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit("nginx did not start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4, help="gatherer concurrency")
     parser.add_argument("--batch-size", type=int, default=500, help="gatherer batch_size")
+    parser.add_argument("--gatherer", choices=["python", "nginx"], default="python",
+                        help="what answers the requests")
     parser.add_argument("--profile", action="store_true", help="cProfile the first push")
     args = parser.parse_args()
     n = args.events
 
     with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
         server = RedisServer(Path(tmp) / "redis", appendonly=False).start()
-        gatherer = subprocess.Popen(
-            [sys.executable, "-m", "tests.gatherer", "--no-record"],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )
-        try:
+        gatherer: subprocess.Popen[Any]
+        if args.gatherer == "nginx":
+            gatherer, url = start_nginx(Path(tmp) / "nginx")
+        else:
+            gatherer = subprocess.Popen(
+                [sys.executable, "-m", "tests.gatherer", "--no-record"],
+                cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            )
             assert gatherer.stdout is not None
             url = gatherer.stdout.readline().strip()
+        try:
             if not url.startswith("http://127.0.0.1:"):
                 raise SystemExit(f"gatherer did not start: {url!r}")
             cfg = make_config(server.url, url, args.concurrency, args.batch_size)
@@ -158,7 +203,8 @@ def main() -> None:
             server.stop()
 
     push, bare = statistics.median(push_rates), statistics.median(bare_rates)
-    print(f"N={n} events, concurrency {args.concurrency}, batch_size {args.batch_size}, "
+    print(f"N={n} events, {args.gatherer} gatherer, concurrency {args.concurrency}, "
+          f"batch_size {args.batch_size}, "
           f"median of {args.rounds} rounds")
     print(f"  Pusher.push_once (in-process)  {push:8.0f} events/s   (target >= 2000)")
     print(f"  bare requests.Session loop     {bare:8.0f} events/s")
