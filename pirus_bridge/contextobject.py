@@ -180,11 +180,18 @@ def format_timestamp(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
 
 
+@functools.lru_cache(maxsize=256)
+def _mime_for_extension(ext: str) -> str:
+    guessed, _ = mimetypes.guess_type(f"x{ext}", strict=False)
+    return guessed or "application/pdf"
+
+
 def _default_mime_type(event: UsageEvent) -> str:
     if event.metric is MetricType.INVESTIGATION:
         return "text/html"
-    guessed, _ = mimetypes.guess_type(urlsplit(event.url).path, strict=False)
-    return guessed or "application/pdf"
+    name = urlsplit(event.url).path.rpartition("/")[2]
+    dot = name.rfind(".")
+    return _mime_for_extension(name[dot:].lower() if dot > 0 else "")
 
 
 def template_variables(
