@@ -37,6 +37,7 @@ from pirus_bridge import keys
 from pirus_bridge.config import GathererConfig
 from pirus_bridge.counter import Identities, event_from_json, event_to_json, utc_month
 from pirus_bridge.events import UsageEvent
+from pirus_bridge.store import text
 
 _LUA = files("pirus_bridge") / "lua"
 STATES = ("pending", "inflight", "sent", "failed")
@@ -79,10 +80,10 @@ class DeliveryMeta:
     body_excerpt: str = ""
 
     @classmethod
-    def from_json(cls, text: str | bytes | None) -> DeliveryMeta:
-        if not text:
+    def from_json(cls, raw: str | bytes | None) -> DeliveryMeta:
+        if not raw:
             return cls()
-        data = json.loads(text)
+        data = json.loads(raw)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def to_json(self) -> str:
@@ -106,10 +107,6 @@ class Message:
         event = event_from_json(data["event"]) if "event" in data else None
         return cls(msg_id, gatherer, event, str(data.get("month", "")),
                    DeliveryMeta.from_json(meta))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Outbox:
@@ -136,7 +133,7 @@ class Outbox:
             args=[now, limit, now + lease_s],
         )
         return [
-            Message.parse(self.gatherer, _text(flat[i]), flat[i + 1], flat[i + 2] or None)
+            Message.parse(self.gatherer, text(flat[i]), flat[i + 1], flat[i + 2] or None)
             for i in range(0, len(flat), 3)
         ]
 
@@ -192,7 +189,7 @@ class Outbox:
         pipe.zcard(k["failed"])
         pipe.zrange(k["pending"], 0, 0, withscores=True)
         pending, inflight, counters, failed, oldest = pipe.execute()
-        sent = sum(int(v) for f, v in counters.items() if _text(f).startswith("sent:"))
+        sent = sum(int(v) for f, v in counters.items() if text(f).startswith("sent:"))
         age = max(0.0, now - oldest[0][1]) if oldest else 0.0
         return {
             "pending": int(pending),
@@ -217,7 +214,7 @@ class Outbox:
         rows: list[Any] = self.r.zrange(
             self.keys[state], offset, offset + limit - 1, withscores=True
         )
-        return [(_text(m), float(s)) for m, s in rows]
+        return [(text(m), float(s)) for m, s in rows]
 
     def state_of(self, msg_id: str) -> tuple[str, float] | None:
         pipe = self.r.pipeline(transaction=False)
@@ -272,7 +269,7 @@ class Outbox:
                    ) -> list[str]:
         now = time.time() if now is None else now
         top = "+inf" if older_than_s is None else now - older_than_s
-        return [_text(m) for m in self.r.zrangebyscore(self.keys["failed"], "-inf", top)]
+        return [text(m) for m in self.r.zrangebyscore(self.keys["failed"], "-inf", top)]
 
     def trim_sent(self, keep_s: float, now: float | None = None) -> int:
         """Forget delivered ids older than the audit period (their monthly counts stay)."""

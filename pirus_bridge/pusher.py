@@ -35,8 +35,9 @@ from pirus_bridge.config import Config, GathererConfig, RetryConfig
 from pirus_bridge.contextobject import build_xml, get_profile, render_request
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.exceptions import DeliveryError
-from pirus_bridge.outbox import DeliveryMeta, Message, Outbox, _text
+from pirus_bridge.outbox import DeliveryMeta, Message, Outbox
 from pirus_bridge.sender import Sender
+from pirus_bridge.store import text
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Circuit:
 
     @classmethod
     def load(cls, r: redis.Redis, key: str) -> Circuit:
-        raw = {_text(k): _text(v) for k, v in r.hgetall(key).items()}
+        raw = {text(k): text(v) for k, v in r.hgetall(key).items()}
         return cls(
             state=raw.get("state", "closed"),
             failures=int(raw.get("failures", 0)),
