@@ -14,6 +14,11 @@ Keys:
     ``q:count``                          usage events (JSON) for the counters
     ``q:processing:<queue>:<worker>``    items a worker has taken and not yet committed
     ``q:alive:<queue>:<worker>``         the worker's heartbeat (expires when it dies)
+
+The heartbeat lasts ``HEARTBEAT_S`` seconds (15; the environment variable
+``PIRUS_BRIDGE_HEARTBEAT_S`` overrides it, e.g. for tests). It is renewed on every take, so it
+must stay well above the longest batch a worker handles plus its 1-second blocking wait, or a
+live worker's batch would be handed to another one and counted twice.
 """
 
 from __future__ import annotations
@@ -34,7 +39,20 @@ CATEGORY_QUEUES = {
     "other": "q:other",
     "unparsed": "q:unparsed",
 }
-HEARTBEAT_S = 15
+
+
+def _heartbeat_s() -> float:
+    raw = os.environ.get("PIRUS_BRIDGE_HEARTBEAT_S", "15")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value < 2:
+        raise ValueError(f"PIRUS_BRIDGE_HEARTBEAT_S must be a number of seconds >= 2, not {raw!r}")
+    return value
+
+
+HEARTBEAT_S = _heartbeat_s()
 
 # Move a dead worker's items back to the right (oldest) end of the queue, keeping their order.
 _RECOVER = """
@@ -66,7 +84,7 @@ class ReliableQueue:
         self._recover = r.register_script(_RECOVER)
 
     def heartbeat(self) -> None:
-        self.r.set(self.alive, "1", ex=HEARTBEAT_S)
+        self.r.set(self.alive, "1", px=int(HEARTBEAT_S * 1000))
 
     def take(self, max_items: int, block_s: float) -> list[bytes]:
         """Up to ``max_items`` items, waiting at most ``block_s`` for the first one (0: not at
@@ -98,7 +116,9 @@ class ReliableQueue:
         pipe.delete(self.processing)
         keep = list(keep)
         if keep:
-            pipe.rpush(self.processing, *keep)
+            # The oldest item sits at the right end (as after ``take``), so a recovery gives the
+            # kept items back in their order, before anything taken after them.
+            pipe.lpush(self.processing, *keep)
 
     def recover_orphans(self) -> int:
         """Return the items of dead workers of this queue to it."""
@@ -111,7 +131,11 @@ class ReliableQueue:
             moved += int(self._recover(keys=[name, self.name]))
         return moved
 
+    def give_back(self) -> int:
+        """Return this worker's own uncommitted items to the queue, in order (oldest first)."""
+        return int(self._recover(keys=[self.processing, self.name]))
+
     def stop(self) -> None:
         """Clean exit: give back what is not committed and drop the heartbeat."""
-        self._recover(keys=[self.processing, self.name])
+        self.give_back()
         self.r.delete(self.alive)

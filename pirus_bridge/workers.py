@@ -29,12 +29,13 @@ from pirus_bridge.config import Config
 from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.ingest import IngestSummary
-from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, LOGLINES, ReliableQueue
+from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, HEARTBEAT_S, LOGLINES, ReliableQueue
 
 log = logging.getLogger(__name__)
 
 ROLES = ("classifier", "counter", "logger")
-RECOVER_EVERY_S = 10.0
+# How often to look for dead workers' items: these wait at most one heartbeat plus this.
+RECOVER_EVERY_S = min(10.0, HEARTBEAT_S)
 BLOCK_S = 1.0
 
 
@@ -57,20 +58,25 @@ class Worker:
     def run(self) -> None:
         """Work until stopped; then give back whatever is not committed."""
         last_recover = 0.0
+        interrupted = False
         log.info("%s worker started", self.role)
         try:
             while not self.stopping.is_set():
-                if time.monotonic() - last_recover > RECOVER_EVERY_S:
-                    for q in self.queues:
-                        moved = q.recover_orphans()
-                        if moved:
-                            log.warning("recovered %d item(s) of a dead worker on %s", moved,
-                                        q.name)
-                    last_recover = time.monotonic()
                 try:
+                    if interrupted:
+                        self.restart()
+                        interrupted = False
+                    if time.monotonic() - last_recover > RECOVER_EVERY_S:
+                        for q in self.queues:
+                            moved = q.recover_orphans()
+                            if moved:
+                                log.warning("recovered %d item(s) of a dead worker on %s",
+                                            moved, q.name)
+                        last_recover = time.monotonic()
                     self.step()
-                except redis.ConnectionError as e:
+                except (redis.ConnectionError, redis.TimeoutError) as e:
                     log.warning("%s worker: Redis unavailable (%s); retrying", self.role, e)
+                    interrupted = True
                     self.stopping.wait(2.0)
         finally:
             self.finish()
@@ -83,6 +89,21 @@ class Worker:
 
     def step(self) -> None:
         raise NotImplementedError
+
+    def restart(self) -> None:
+        """After a step broke off (Redis went away), start again from what Redis holds.
+
+        Whether the step's transaction committed is unknown, and its taken items may still sit
+        in this worker's processing list, where the next acknowledgement would delete them
+        unprocessed. So everything in the processing lists goes back to the queues and the
+        in-memory state is dropped, as if a fresh worker took over.
+        """
+        for q in self.queues:
+            q.give_back()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget in-memory state that mirrors the processing lists (see :meth:`restart`)."""
 
     def finish(self) -> None:
         """Called once when the loop ends (before uncommitted items are given back)."""
@@ -154,6 +175,10 @@ class CounterWorker(Worker):
         self.queue.ack(pipe, keep=held)
         replies = pipe.execute()
         self.chain.account(prepared, replies, self.summary)
+
+    def reset(self) -> None:
+        """The held events are back on ``q:count`` with the rest."""
+        self.buffer = ReorderBuffer(self.cfg.counting.reorder_window_s)
 
     def finish(self) -> None:
         """Held events stay in the processing list and go back to ``q:count`` on stop."""

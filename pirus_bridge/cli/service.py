@@ -62,10 +62,22 @@ def worker(app: App, role: str) -> None:
     w = make_worker(role, app.config, app.redis)
     _on_stop(w.stop)
     click.echo(f"{role} worker running; Ctrl-C to stop", err=True)
-    thread = threading.Thread(target=w.run, name=role)
+    failure: list[Exception] = []
+
+    def run() -> None:
+        try:
+            w.run()
+        except Exception as e:  # shown by threading's excepthook; the exit code says it too
+            failure.append(e)
+            raise
+
+    thread = threading.Thread(target=run, name=role)
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
+    if failure:
+        raise click.ClickException(f"{role} worker failed after {w.processed:,} item(s): "
+                                   f"{failure[0]}")
     click.echo(f"{role} worker stopped after {w.processed:,} item(s)", err=True)
 
 
