@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+import redis
 
 from pirus_bridge import __version__
 from pirus_bridge.cli.app import App
@@ -56,6 +57,9 @@ def main() -> None:
         sys.exit(e.exit_code)
     except PirusBridgeError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        click.echo(f"error: lost the connection to Redis: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
