@@ -36,10 +36,6 @@ def utc_month(ts: int) -> str:
     return _utc_month(ts // DAY)
 
 
-def utc_hour(ts: int) -> str:
-    return _utc_hour(ts // 3600)
-
-
 # gmtime + strftime cost ~1.5 µs; events come in time order, so a few slots serve nearly all
 @functools.lru_cache(maxsize=1024)
 def _utc_day(day: int) -> str:
@@ -51,23 +47,21 @@ def _utc_month(day: int) -> str:
     return time.strftime("%Y-%m", time.gmtime(day * DAY))
 
 
-@functools.lru_cache(maxsize=1024)
-def _utc_hour(hour: int) -> str:
-    return time.strftime("%Y-%m-%d|%H", time.gmtime(hour * 3600))
-
-
 class Identities(NamedTuple):
     """The salted hashes one event is counted under (a named tuple: built per event, cheaply)."""
 
     user: str  # double-click user
-    session: str  # Unique_Item_* session
+    session: str  # Unique_Item_* session, unique within the event's UTC day
     client: str  # the seed's daily-unique client
 
 
 class Hasher:
     """Salted, short, non-reversible identities for dedupe state.
 
-    People come back: the digests of recent clients and hour slices are cached (bounded).
+    The surrogate session ``IP|User-Agent|YYYY-MM-DD|HH`` is the client's hash followed by the
+    two-digit UTC hour: dedupe state is kept per UTC day (``keys.day_state``), so the hour is
+    what tells one day's sessions apart, and a new hour slice costs no second digest. People
+    come back: the digests of recent clients and their hour slices are cached (bounded).
     """
 
     def __init__(self, salt: str) -> None:
@@ -77,7 +71,8 @@ class Hasher:
         # keying BLAKE2b costs a block; copying a keyed state is about half the price
         self._keyed = hashlib.blake2b(key=self._salt[:64], digest_size=8)
         self._cache: dict[str, str] = {}
-        self._identities: dict[str, Identities] = {}  # by surrogate session text
+        # by (IP, User-Agent, hour number): no text to build when a client is seen again
+        self._identities: dict[tuple[str, str, int], Identities] = {}
 
     def digest(self, text: str) -> str:
         found = self._cache.get(text)
@@ -91,19 +86,17 @@ class Hasher:
         return found
 
     def identities(self, event: UsageEvent) -> Identities:
-        client = f"{event.ip}|{event.user_agent}"
         if event.session:
             user = self.digest(f"s|{event.session}")
-            return Identities(user, user, self.digest(client))
-        session = f"{client}|{utc_hour(event.ts)}"
-        found = self._identities.get(session)
+            return Identities(user, user, self.digest(f"{event.ip}|{event.user_agent}"))
+        hour = event.ts // 3600
+        key = (event.ip, event.user_agent, hour)
+        found = self._identities.get(key)
         if found is None:
-            client_hash = self.digest(client)  # the double-click user is the client
+            client = self.digest(f"{event.ip}|{event.user_agent}")  # also the double-click user
             if len(self._identities) >= HASH_CACHE_LIMIT:
                 self._identities.clear()
-            found = self._identities[session] = Identities(
-                client_hash, self.digest(session), client_hash
-            )
+            found = self._identities[key] = Identities(client, f"{client}{hour % 24:02d}", client)
         return found
 
 

@@ -26,11 +26,17 @@ Counting (all item-tagged)
     ``dly:{item}``                  hash: daily-unique series, fields ``YYYY-MM-DD:v`` / ``:d``
     ``dv:{item}`` / ``dd:{item}``   sets of dates the item was viewed / downloaded (seed)
     ``t:views:{item}`` / ``t:dls:{item}``  all-time daily-unique totals (seed)
-    ``YYYY-MM-DD:{item}:v|d``       set of salted client hashes seen that day (seed rule,
-                                    expires once the day is closed)
-    ``us:{item}:YYYY-MM-DD``        set of ``<session hash>:I|R``, COUNTER unique-per-session
-                                    state for that day (expires once the day is closed)
-    ``dc:{item}:<user hash>:I|R``   last click time of a double-click chain (short TTL)
+    ``YYYY-MM-DD:{item}``           hash: all dedupe state of the item on that UTC day (the
+                                    seed's per-day client sets, folded into one small hash that
+                                    expires once the day is closed), fields:
+                                    ``v:<client>`` / ``d:<client>`` salted client hashes that
+                                    viewed / downloaded (the seed's daily-unique rule);
+                                    ``I:<session>`` / ``R:<session>`` COUNTER sessions that
+                                    investigated / requested (Unique_Item_*);
+                                    ``cI:<user>`` / ``cR:<user>`` event time of the latest click
+                                    of the user's double-click chain that day;
+                                    ``_`` the hash exists (has its TTL) and which of ``dv:`` /
+                                    ``dd:`` have the day: ``''``, ``v``, ``d`` or ``vd``
 
 Processing
     ``u:<category>``                lines seen per category: ``u:bothits``, ``u:objectviews``,
@@ -41,6 +47,8 @@ Processing
 """
 
 from __future__ import annotations
+
+import functools
 
 OBJECTITEMS = "objectitems"
 BOTLIST = "botlist"
@@ -82,8 +90,11 @@ METRIC_NAMES = {
 }
 
 
+@functools.lru_cache(maxsize=65536)
 def tag(item: str) -> str:
-    """The Cluster hash tag of an item id (braces inside an id are replaced, so tags hold)."""
+    """The Cluster hash tag of an item id (braces inside an id are replaced, so tags hold).
+
+    Cached: counting names several keys of each item it sees."""
     return "{" + item.replace("{", "(").replace("}", ")") + "}"
 
 
@@ -125,16 +136,9 @@ def totals(item: str, kind: str) -> str:
     return f"t:{'views' if kind == 'v' else 'dls'}:{tag(item)}"
 
 
-def day_clients(day: str, item: str, kind: str) -> str:
-    return f"{day}:{tag(item)}:{kind}"
-
-
-def sessions(item: str, day: str) -> str:
-    return f"us:{tag(item)}:{day}"
-
-
-def double_click(item: str, user_hash: str, metric_code: str) -> str:
-    return f"dc:{tag(item)}:{user_hash}:{metric_code}"
+def day_state(day: str, item: str) -> str:
+    """``YYYY-MM-DD:{item}``: the item's dedupe hash for one UTC day (fields in the module doc)."""
+    return f"{day}:{tag(item)}"
 
 
 def ingest_checkpoint(fingerprint: str) -> str:

@@ -29,17 +29,21 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.resources import files
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import redis
 
 from pirus_bridge import keys
 from pirus_bridge.config import GathererConfig
-from pirus_bridge.counter import Identities, event_from_json, event_to_json, utc_month
-from pirus_bridge.events import UsageEvent
+from pirus_bridge.counter import Identities, event_from_json, utc_month
+from pirus_bridge.events import MetricType, UsageEvent
 from pirus_bridge.store import text
 
 _LUA = files("pirus_bridge") / "lua"
+_REQUEST = MetricType.REQUEST
+_sha1 = hashlib.sha1
+_json_str = encode_basestring_ascii  # a str as a JSON string literal (C implementation)
 STATES = ("pending", "inflight", "sent", "failed")
 
 
@@ -58,13 +62,42 @@ def qualifies(gatherer: GathererConfig, event: UsageEvent) -> bool:
 
 def message_id(gatherer: str, event: UsageEvent, ids: Identities) -> str:
     """Idempotent id: the same event for the same gatherer always gets the same id."""
-    identity = f"{gatherer}|{event.item}|{event.metric.code}|{ids.user}|{event.ts}|{event.url}"
-    return hashlib.sha1(identity.encode()).hexdigest()[:24]
+    code = "R" if event.metric is _REQUEST else "I"  # MetricType.code, without the call
+    identity = f"{gatherer}|{event.item}|{code}|{ids.user}|{event.ts}|{event.url}"
+    return _sha1(identity.encode()).hexdigest()[:24]
 
 
 def message_json(event: UsageEvent) -> str:
-    return json.dumps(
-        {"event": event_to_json(event), "month": utc_month(event.ts)}, separators=(",", ":")
+    """The message body: what delivery reads of the event, as compact JSON.
+
+    ``{"t": ts, "i": item, "o": OAI identifier or null, "m": "I"|"R", "u": URL, "ip": client
+    address, "ua": User-Agent, "r": referer}``. The month is ``t``'s; the status, session and
+    mapping rule are not needed to deliver and are not kept. Built by hand with the C string
+    encoder: it is made for every counted event, and ``json.dumps`` of a dict costs 3× as much.
+    (Bodies written before this format, ``{"event": {...}, "month": ...}``, are still read.)
+    """
+    oai = event.oai_identifier
+    return (
+        f'{{"t":{int(event.ts)},"i":{_json_str(event.item)},'
+        f'"o":{"null" if oai is None else _json_str(oai)},'
+        f'"m":"{"R" if event.metric is _REQUEST else "I"}","u":{_json_str(event.url)},'
+        f'"ip":{_json_str(event.ip)},"ua":{_json_str(event.user_agent)},'
+        f'"r":{_json_str(event.referer)}}}'
+    )
+
+
+def _event_from_message(d: dict[str, Any]) -> UsageEvent:
+    """The event of a :func:`message_json` body (status unknown: 0)."""
+    return UsageEvent(
+        ts=int(d["t"]),
+        item=str(d["i"]),
+        oai_identifier=None if d.get("o") is None else str(d["o"]),
+        metric=_REQUEST if d["m"] == "R" else MetricType.INVESTIGATION,
+        url=str(d["u"]),
+        ip=str(d["ip"]),
+        user_agent=str(d["ua"]),
+        referer=str(d["r"]),
+        status=0,
     )
 
 
@@ -104,9 +137,15 @@ class Message:
     def parse(cls, gatherer: str, msg_id: str, body: bytes | str | None,
               meta: bytes | str | None = None) -> Message:
         data = json.loads(body) if body else {}
-        event = event_from_json(data["event"]) if "event" in data else None
-        return cls(msg_id, gatherer, event, str(data.get("month", "")),
-                   DeliveryMeta.from_json(meta))
+        event: UsageEvent | None = None
+        month = ""
+        if "t" in data:
+            event = _event_from_message(data)
+            month = utc_month(event.ts)
+        elif "event" in data:  # the format before message_json's compact one
+            event = event_from_json(data["event"])
+            month = str(data.get("month", ""))
+        return cls(msg_id, gatherer, event, month, DeliveryMeta.from_json(meta))
 
 
 class Outbox:

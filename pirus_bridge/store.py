@@ -30,13 +30,11 @@ COUNT_LUA = "\n".join(
 )
 METRIC_CODES = (keys.TII, keys.UII, keys.TIR, keys.UIR)
 OUTBOX_PARTS = ("msg", "pending", "sent", "failed", "stats")  # the order count.lua expects
-# How long a double-click chain is remembered after its last click (wall-clock seconds). Chains
-# are decided on event time; this only bounds memory, so it must exceed the reorder window.
-CHAIN_TTL_MIN_S = 600
 # Per-item and per-day key caches are cleared when they reach this size.
 CACHE_LIMIT = 100_000
 _REQUEST = MetricType.REQUEST
 _R, _I = MetricType.REQUEST.code, MetricType.INVESTIGATION.code
+_NO_MESSAGE = ("-", "")  # the script's "not for this gatherer"
 
 
 def ensure_salt(r: redis.Redis, configured: str | None) -> str:
@@ -64,11 +62,9 @@ class UsageStore:
     def __init__(self, r: redis.Redis, counting: CountingConfig | None = None) -> None:
         self.r = r
         self.counting = counting or CountingConfig()
-        self.chain_ttl = max(CHAIN_TTL_MIN_S, 4 * self.counting.reorder_window_s)
         self.grace_s = self.counting.day_close_grace_h * 3600
-        self._items: dict[str, tuple[str, ...]] = {}
-        self._item_days: dict[tuple[str, str], tuple[str, str, str]] = {}
-        self._days: dict[int, tuple[str, str, int]] = {}
+        self._blocks: dict[tuple[str, int, str], tuple[str, ...]] = {}
+        self._days: dict[int, tuple[str, str]] = {}
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -93,38 +89,32 @@ class UsageStore:
         """A :class:`CountBatch` for events that may be enqueued for ``gatherers``."""
         return CountBatch(self, gatherers, time.time() if now is None else now)
 
-    def _item_keys(self, item: str) -> tuple[str, ...]:
-        """``c:``, ``dly:``, ``dv:``, ``dd:``, ``t:views:``, ``t:dls:`` of an item (cached)."""
-        found = self._items.get(item)
+    def _block(self, item: str, day: int, code: str) -> tuple[str, ...]:
+        """The keys an event of ``item`` on UTC day number ``day`` with metric ``code`` (I|R)
+        touches, in the order ``lua/count.lua`` expects (cached): the day hash
+        ``YYYY-MM-DD:{item}``, ``c:``, ``dly:``, then ``dv:`` and ``t:views:`` for an
+        Investigation or ``dd:`` and ``t:dls:`` for a Request."""
+        found = self._blocks.get((item, day, code))
         if found is None:
-            if len(self._items) >= CACHE_LIMIT:
-                self._items.clear()
-            found = self._items[item] = (
-                keys.counter_metrics(item), keys.daily(item), keys.dates(item, "v"),
-                keys.dates(item, "d"), keys.totals(item, "v"), keys.totals(item, "d"),
-            )  # fmt: skip
+            if len(self._blocks) >= CACHE_LIMIT:
+                self._blocks.clear()
+            c, dly = keys.counter_metrics(item), keys.daily(item)
+            kind = "d" if code == _R else "v"
+            found = self._blocks[item, day, code] = (
+                self._day_hash(item, day), c, dly, keys.dates(item, kind), keys.totals(item, kind)
+            )
         return found
 
-    def _day_keys(self, item: str, day: str) -> tuple[str, str, str]:
-        """``us:`` and the two daily-unique client sets of an item on a day (cached)."""
-        found = self._item_days.get((item, day))
-        if found is None:
-            if len(self._item_days) >= CACHE_LIMIT:
-                self._item_days.clear()
-            found = self._item_days[item, day] = (
-                keys.sessions(item, day), keys.day_clients(day, item, "v"),
-                keys.day_clients(day, item, "d"),
-            )  # fmt: skip
-        return found
+    def _day_hash(self, item: str, day: int) -> str:
+        return keys.day_state(self._day(day)[0], item)
 
-    def _day(self, ts: int) -> tuple[str, str, int]:
-        """``(YYYY-MM-DD, YYYY-MM, end of the day)`` of an event time, UTC (cached per day)."""
-        n = ts // DAY
-        found = self._days.get(n)
+    def _day(self, day: int) -> tuple[str, str]:
+        """``(YYYY-MM-DD, YYYY-MM)`` of a UTC day number (epoch seconds // 86400), cached."""
+        found = self._days.get(day)
         if found is None:
             if len(self._days) >= CACHE_LIMIT:
                 self._days.clear()
-            found = self._days[n] = (utc_day(ts), utc_month(ts), n * DAY + DAY)
+            found = self._days[day] = (utc_day(day * DAY), utc_month(day * DAY))
         return found
 
     def add_category_counts(self, pipe: redis.client.Pipeline, counts: dict[str, int]) -> None:
@@ -233,22 +223,33 @@ class CountBatch:
     The script decides each event exactly as a call of its own would, but the whole batch costs
     one command: the bulk path puts one batch, its ``u:`` counters and its checkpoint in one
     MULTI/EXEC. The reply is ``[counted, enqueued]`` per event, flattened.
+
+    Keys and day strings are sent once per batch: each event names its block (the keys of its
+    item on its UTC day for its metric type) by number, and, within the double-click window of
+    midnight, the neighbouring day's hash, where the user's chain may have its latest click.
     """
 
-    __slots__ = ("store", "now", "keys", "args", "ngatherers", "size", "_ttls")
+    __slots__ = (
+        "store", "now", "window", "ngatherers", "size", "args", "_head", "_blocks", "_block_keys",
+        "_block_items", "_neighbours", "_neighbour_keys", "_ttls",
+    )  # fmt: skip
 
     def __init__(self, store: UsageStore, gatherers: Sequence[str], now: float) -> None:
         self.store = store
         self.now = now
+        self.window = store.counting.double_click_s
         self.ngatherers = len(gatherers)
-        self.keys: list[str] = [keys.OBJECTITEMS]
-        for g in gatherers:
-            self.keys += [keys.outbox(g, part) for part in OUTBOX_PARTS]
-        self.args: list[Any] = [
-            store.counting.double_click_s, store.chain_ttl, now, len(gatherers)
-        ]
         self.size = 0
-        self._ttls: dict[int, int] = {}  # end of day -> day-state TTL
+        self.args: list[Any] = []  # 1 + G per event: its head, then the message bodies
+        self._head: list[str] = [keys.OBJECTITEMS]
+        for g in gatherers:
+            self._head += [keys.outbox(g, part) for part in OUTBOX_PARTS]
+        self._blocks: dict[tuple[str, int, str], int] = {}  # (item, day, I|R) -> block number
+        self._block_keys: list[str] = []  # 5 per block
+        self._block_items: list[str] = []
+        self._neighbours: dict[tuple[str, int], int] = {}  # -> 1-based number
+        self._neighbour_keys: list[str] = []
+        self._ttls: dict[int, int] = {}  # day number -> day-state TTL
 
     def __len__(self) -> int:
         return self.size
@@ -260,27 +261,55 @@ class CountBatch:
         ``None`` when the event does not go to it."""
         if len(messages) != self.ngatherers:
             raise ValueError("one message (or None) per gatherer of the batch")
-        store = self.store
         item, ts = event.item, event.ts
-        day, month, day_end = store._day(ts)
-        ttl = self._ttls.get(day_end)
-        if ttl is None:  # counter.day_state_ttl, once per day and batch
-            ttl = self._ttls[day_end] = day_state_ttl(ts, self.now, store.grace_s)
-        metrics, daily, dv, dd, tv, td = store._item_keys(item)
-        sessions, clients_v, clients_d = store._day_keys(item, day)
-        if event.metric is _REQUEST:
-            self.keys += (keys.double_click(item, ids.user, _R), metrics, sessions, clients_d,
-                          daily, dd, td)  # fmt: skip
-            self.args += (ts, month, day, _R, ids.session, ids.client, ttl, item)
+        day = ts // DAY
+        code = _R if event.metric is _REQUEST else _I
+        block = self._blocks.get((item, day, code))
+        if block is None:
+            block = self._block(item, day, code, ts)
+        # A chain can span midnight: near it, the script also reads the other day's hash.
+        into_day, window = ts - day * DAY, self.window
+        if into_day < window:
+            neighbour = self._neighbour(item, day - 1)
+        elif into_day + window >= DAY:
+            neighbour = self._neighbour(item, day + 1)
         else:
-            self.keys += (keys.double_click(item, ids.user, _I), metrics, sessions, clients_v,
-                          daily, dv, tv)  # fmt: skip
-            self.args += (ts, month, day, _I, ids.session, ids.client, ttl, item)
-        for m in messages:
-            self.args += m if m is not None else ("", "")
+            neighbour = 0
+        # The head's fields are numbers, I|R and hex digests: never a space inside one.
+        if self.ngatherers == 1:  # the usual case, without the loops
+            msg_id, body = messages[0] or _NO_MESSAGE
+            self.args += (f"{ts} {block} {neighbour} {code} {ids.user} {ids.session} "
+                          f"{ids.client} {msg_id}", body)  # fmt: skip
+        else:
+            head = f"{ts} {block} {neighbour} {code} {ids.user} {ids.session} {ids.client}"
+            self.args.append(" ".join([head, *((m or _NO_MESSAGE)[0] for m in messages)]))
+            self.args += [(m or _NO_MESSAGE)[1] for m in messages]
         self.size += 1
+
+    def _block(self, item: str, day: int, code: str, ts: int) -> int:
+        block = self._blocks[item, day, code] = len(self._block_items)
+        self._block_items.append(item)
+        self._block_keys += self.store._block(item, day, code)
+        if day not in self._ttls:  # counter.day_state_ttl, once per day and batch
+            self._ttls[day] = day_state_ttl(ts, self.now, self.store.grace_s)
+        return block
+
+    def _neighbour(self, item: str, day: int) -> int:
+        found = self._neighbours.get((item, day))
+        if found is None:
+            self._neighbour_keys.append(self.store._day_hash(item, day))
+            found = self._neighbours[item, day] = len(self._neighbour_keys)
+        return found
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
         """Queue the script call on ``pipe`` (nothing when the batch is empty)."""
-        if self.size:
-            pipe.eval(COUNT_LUA, len(self.keys), *self.keys, *self.args)
+        if not self.size:
+            return
+        days: list[Any] = []
+        for day, ttl in self._ttls.items():
+            days += (day, *self.store._day(day), ttl)
+        all_keys = self._head + self._block_keys + self._neighbour_keys
+        pipe.eval(
+            COUNT_LUA, len(all_keys), *all_keys, self.window, self.now, self.ngatherers,
+            len(self._ttls), len(self._block_items), *days, *self._block_items, *self.args,
+        )  # fmt: skip

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import calendar
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
+from pirus_bridge.counter import DAY, Hasher
+from pirus_bridge.events import MetricType, UsageEvent
 from pirus_bridge.ingest import Ingester, IngestSummary
+from pirus_bridge.outbox import Outbox, message_id, message_json
 from pirus_bridge.store import UsageStore
 from tests.helpers import OTHER_PERSON, PERSON, ROBOT, clf, make_config, write_log
 
@@ -204,7 +210,108 @@ def test_daily_unique_series_and_seed_keys(tmp_path: Path, redis_url: str, r: re
     assert r.smembers("dd:{1234}") == {b"2026-10-14"}
     assert int(r.get("t:views:{1234}") or 0) == 3
     assert r.sismember("objectitems", "1234")
-    # client identities in dedupe sets are salted hashes, never raw addresses
-    members = r.smembers("2026-10-14:{1234}:v")
+    # client identities in dedupe state are salted hashes, never raw addresses; the seed's
+    # per-day client sets are the v:/d: fields of the item's day hash
+    members = [f[2:] for f in r.hkeys("2026-10-14:{1234}") if f.startswith(b"v:")]
     assert len(members) == 2
-    assert all(b"192.0.2" not in m for m in members)
+    assert all(b"192.0.2" not in m for m in r.hgetall("2026-10-14:{1234}").keys())
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected_actions"),
+    [
+        ([("14", "23:59:50"), ("15", "00:00:10")], 1),  # 20 s across midnight: one action
+        ([("14", "23:59:40"), ("15", "00:00:15")], 2),  # 35 s apart
+        ([("14", "23:59:30"), ("14", "23:59:55"), ("15", "00:00:20"), ("15", "00:00:45")], 1),
+        ([("14", "23:59:50"), ("15", "00:00:10"), ("15", "00:00:35")], 1),  # chain goes on
+        ([("15", "00:00:10"), ("14", "23:59:50")], 1),  # the earlier click comes late
+        # a late line is compared with the latest click only, as within a day
+        ([("15", "00:00:40"), ("14", "23:59:50"), ("15", "00:00:10")], 2),
+        ([("14", "23:59:59"), ("15", "00:00:00"), ("16", "00:00:00")], 2),  # a day apart
+    ],
+)
+def test_double_click_chain_spans_midnight(
+    redis_url: str, r: redis.Redis, lines: list[tuple[str, str]], expected_actions: int
+) -> None:
+    """The chain's state is kept per UTC day; near midnight the neighbouring day's is read.
+
+    Counted straight through the store, in the given order (no reorder buffer), one call per
+    event and then all in one batch: the script must give the same answer both ways."""
+    store, hasher = UsageStore(r), Hasher("test-salt")
+    events = [
+        UsageEvent(int(calendar.timegm(time.strptime(f"2026-10-{d} {t}", "%Y-%m-%d %H:%M:%S"))),
+                   "1234", None, MetricType.INVESTIGATION, "https://x/1234/", "192.0.2.10",
+                   PERSON, "-", 200)
+        for d, t in lines
+    ]
+    pipe = r.pipeline(transaction=True)
+    for e in events:
+        store.count(pipe, e, hasher.identities(e))
+    one_by_one = [reply[0] for reply in pipe.execute()]
+    r.flushall()
+    batch = store.batch([])
+    for e in events:
+        batch.add(e, hasher.identities(e), ())
+    pipe = r.pipeline(transaction=True)
+    batch.queue(pipe)
+    in_one_batch = pipe.execute()[0][0::2]
+    assert one_by_one == in_one_batch
+    assert sum(in_one_batch) == expected_actions
+
+
+def test_double_click_after_midnight_is_not_that_days_unique_client(
+    tmp_path: Path, redis_url: str, r: redis.Redis
+) -> None:
+    lines = [
+        clf(day("23:59:50"), PAGE),
+        clf(day("00:00:10", d="15/Oct/2026"), PAGE),  # double-click: counted nowhere
+        clf(day("10:00:00", d="15/Oct/2026"), PAGE),  # the client's first counted view that day
+    ]
+    s = ingest_lines(tmp_path, redis_url, lines)
+    assert (s.investigations, s.double_clicks) == (2, 1)
+    assert UsageStore(r).item_daily("1234") == {
+        "2026-10-14": {"views": 1, "downloads": 0},
+        "2026-10-15": {"views": 1, "downloads": 0},
+    }
+    assert metrics(r)["Unique_Item_Investigations"] == 2
+
+
+def test_day_hash_expires_once_its_day_is_closed(
+    tmp_path: Path, redis_url: str, r: redis.Redis
+) -> None:
+    """The day hash lives until the end of its UTC day plus ``day_close_grace_h``."""
+    now = time.time()
+    today = time.strftime("%d/%b/%Y", time.gmtime(now))
+    lines = [clf(day("00:00:01", d=today), PAGE), clf(day("10:00:00"), PAGE)]
+    ingest_lines(tmp_path, redis_url, lines, counting={"day_close_grace_h": 2})
+    grace = 2 * 3600
+    today_key = f"{time.strftime('%Y-%m-%d', time.gmtime(now))}:{{1234}}"
+    until_midnight = DAY - int(now) % DAY
+    assert until_midnight + grace - 60 <= r.ttl(today_key) <= until_midnight + grace
+    assert grace - 60 <= r.ttl("2026-10-14:{1234}") <= grace  # a closed day: the grace only
+    assert r.hget("2026-10-14:{1234}", "_") == b"v"  # the day is in dv:{1234}
+
+
+def test_count_batch_with_two_gatherers(redis_url: str, r: redis.Redis) -> None:
+    """One event for two gatherers, one for only the second; a double-click for none."""
+    store = UsageStore(r)
+    hasher = Hasher("test-salt")
+    first = UsageEvent(1_760_000_000, "7", "oai:x:7", MetricType.REQUEST, "https://x/7/a.pdf",
+                       "192.0.2.1", PERSON, "-", 200)
+    second = UsageEvent(1_760_000_100, "8", "oai:x:8", MetricType.INVESTIGATION, "https://x/8/",
+                        "192.0.2.1", PERSON, "-", 200)
+    again = UsageEvent(1_760_000_110, "8", "oai:x:8", MetricType.INVESTIGATION, "https://x/8/",
+                       "192.0.2.1", PERSON, "-", 200)
+    batch = store.batch(["a", "b"])
+    for event, to in ((first, "ab"), (second, "b"), (again, "b")):
+        ids = hasher.identities(event)
+        body = message_json(event)
+        batch.add(event, ids, [(message_id(g, event, ids), body) if g in to else None
+                               for g in ("a", "b")])
+    pipe = r.pipeline(transaction=True)
+    batch.queue(pipe)
+    assert pipe.execute()[0] == [1, 2, 1, 1, 0, 0]
+    assert r.zcard("ob:{a}:pending") == 1 and r.zcard("ob:{b}:pending") == 2
+    assert {m.event for m in Outbox(r, "b").messages(
+        [i.decode() for i in r.zrange("ob:{b}:pending", 0, -1)]).values()} == {
+        replace(first, status=0), replace(second, status=0)}

@@ -6,15 +6,19 @@ explicitly, so nothing here sleeps.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
 from pirus_bridge.config import Config
-from pirus_bridge.outbox import DeliveryMeta, Message, Outbox
+from pirus_bridge.counter import event_to_json
+from pirus_bridge.events import MetricType, UsageEvent
+from pirus_bridge.outbox import DeliveryMeta, Message, Outbox, message_json
 from tests.delivery_support import delivery_config, enqueue, outbox_dump, usage_lines
 
 URL = "http://127.0.0.1:9/counter/"  # never contacted here
@@ -270,3 +274,21 @@ def test_outbox_keeps_no_personal_data_once_delivered(
     assert "198.18." not in after  # … and gone after: no IP, no User-Agent
     assert "Firefox" not in after and "Mozilla" not in after
     assert r.hlen(box.keys["msg"]) == 0 and r.hlen(box.keys["meta"]) == 0
+
+
+def test_message_parse_reads_compact_and_earlier_bodies() -> None:
+    """Bodies are compact JSON now; ones enqueued by earlier versions are still delivered."""
+    event = UsageEvent(1_792_000_000, "1234", "oai:x:1234", MetricType.REQUEST,
+                       "https://x/1234/1/a b.pdf", "2001:db8::1", "Mözilla \"5\"", "-", 200,
+                       "abc", "download")
+    body = message_json(event)
+    assert set(json.loads(body)) == {"t", "i", "o", "m", "u", "ip", "ua", "r"}
+    compact = Message.parse("irus", "m1", body.encode())
+    # what delivery needs survives; status, session and mapping rule are not kept
+    assert compact.event == replace(event, status=0, session=None, rule="")
+    assert compact.month == "2026-10"
+    earlier = json.dumps({"event": event_to_json(event), "month": "2026-10"})
+    assert Message.parse("irus", "m1", earlier).event == event
+    assert Message.parse("irus", "m1", earlier).month == "2026-10"
+    no_oai = Message.parse("irus", "m2", message_json(replace(event, oai_identifier=None)))
+    assert no_oai.event is not None and no_oai.event.oai_identifier is None
