@@ -3,14 +3,17 @@
 The model starts from the 2010 usage-statistics pipeline (see ``docs/redis-model.md``): the same
 prefixes and set shapes, made safe for memory, privacy and Redis Cluster.
 
-Hash tags: every key one usage event touches atomically carries the item id in braces, e.g.
-``dv:{1234}``, so all of them hash to the same Cluster slot. The braces also read like the
-seed's own ``e:{id}`` notation. Outbox keys carry the gatherer name in braces instead.
+Hash tags: every per-item key carries the item id in braces, e.g. ``dv:{1234}``, so an item's
+keys hash to the same Cluster slot; the braces also read like the seed's own ``e:{id}``
+notation. Outbox keys carry the gatherer name in braces instead. One counting transaction still
+spans an item's keys, ``objectitems`` and the outbox keys, so Redis Cluster is not supported
+yet (see ``docs/redis-model.md``).
 
 Items and metadata
     ``objectitems``                 set of every item id that has been counted (seed name)
     ``md:{item}``                   hash: ``oai_identifier``, ``title``, ``doi``, ``mime``,
-                                    ``status`` (``ok`` | ``failed`` | ``none``), ``fetched_at``
+                                    ``status`` (``ok`` | ``failed`` | ``none``), ``fetched_at``,
+                                    ``json`` (the whole metadata record when ``ok``)
 
 Entities (seed post 1: type prefix + md5 of the text, optionally scoped by record id)
     ``<p>:<md5>``                   string: the entity's text (reverse mapping), e.g. ``n:092f…``
@@ -19,6 +22,8 @@ Entities (seed post 1: type prefix + md5 of the text, optionally scoped by recor
     ``e:<entity>``                  set of the item ids an entity occurs in, e.g. ``e:n:092f…``
     ``b:<bundle>``                  set of entity keys asserted to be one person or thing
     ``bundles``                     set of bundle names; ``bundleof:<entity>`` its bundle name
+    ``txt:<md5>``                   set of the entity keys (any type, scoped or not) whose
+                                    normalised text has that md5 (``stats entity`` lookups)
 
 Counting (all item-tagged)
     ``c:{item}``                    hash: COUNTER metrics, fields ``YYYY-MM:<metric code>``
@@ -44,6 +49,14 @@ Processing
     ``botlist``                     set of names of sets of robot IP addresses / CIDR ranges (seed)
     ``salt``                        the generated salt for client hashes, when none is configured
     ``ingest:<fingerprint>``        hash: a log file's committed offset and reorder buffer
+    ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset,
+                                    line and held events (``pirus_bridge.tail``)
+    ``u:dropped``                   lines the logging handler had to drop (``loghandler``)
+
+Elsewhere, with their own module's docstring
+    ``ob:{gatherer}:…``             the outbox (``pirus_bridge.outbox``)
+    ``q:…``                         the live pipeline's queues, processing lists and worker
+                                    heartbeats (``pirus_bridge.queues``)
 """
 
 from __future__ import annotations
