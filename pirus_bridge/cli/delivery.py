@@ -162,6 +162,10 @@ def _print_rows(rows: list[dict], what: str) -> None:
 def outbox_list(app: App, gatherer_name: str | None, state: str, limit: int,
                 as_json: bool) -> None:
     """Messages in a state, oldest first (pending: by due time)."""
+    _list(app, gatherer_name, state, limit, as_json)
+
+
+def _list(app: App, gatherer_name: str | None, state: str, limit: int, as_json: bool) -> None:
     rows = list(_rows(app, gatherer_name, state, limit))
     if as_json:
         emit_json(rows)
@@ -211,6 +215,10 @@ def _print_detail(d: dict[str, Any]) -> None:
 @pass_app
 def outbox_show(app: App, msg_id: str, as_json: bool) -> None:
     """One message: its state, event, delivery history and the request it makes."""
+    _show(app, msg_id, as_json)
+
+
+def _show(app: App, msg_id: str, as_json: bool) -> None:
     d = _detail(app, msg_id)
     if as_json:
         emit_json(d)
@@ -233,11 +241,7 @@ def failed() -> None:
 @pass_app
 def failed_list(app: App, gatherer_name: str | None, limit: int, as_json: bool) -> None:
     """Messages given up on, with their attempts and last error."""
-    rows = list(_rows(app, gatherer_name, "failed", limit))
-    if as_json:
-        emit_json(rows)
-    else:
-        _print_rows(rows, "failed")
+    _list(app, gatherer_name, "failed", limit, as_json)
 
 
 @failed.command("show")
@@ -246,11 +250,7 @@ def failed_list(app: App, gatherer_name: str | None, limit: int, as_json: bool) 
 @pass_app
 def failed_show(app: App, msg_id: str, as_json: bool) -> None:
     """One failed message: why it failed, when, and the request it makes."""
-    d = _detail(app, msg_id)
-    if as_json:
-        emit_json(d)
-    else:
-        _print_detail(d)
+    _show(app, msg_id, as_json)
 
 
 def _select(app: App, gatherer_name: str | None, ids: tuple[str, ...], all_: bool,
