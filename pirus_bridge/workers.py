@@ -216,12 +216,7 @@ class LoggerWorker(Worker):
             if not items:
                 continue
             busy = True
-            handler = self.files[q.name]
-            for raw in items:
-                record = logging.makeLogRecord(
-                    {"msg": raw.decode("utf-8", "replace").rstrip("\r\n"), "args": None})
-                handler.handle(record)
-            handler.flush()
+            self._write(self.files[q.name], items)
             pipe = self.r.pipeline(transaction=True)
             pipe.incrby(self.counters[q], len(items))
             q.ack(pipe)
@@ -229,6 +224,21 @@ class LoggerWorker(Worker):
             self.processed += len(items)
         if not busy:
             self.stopping.wait(0.2)
+
+    @staticmethod
+    def _write(handler: logging.handlers.RotatingFileHandler, items: list[bytes]) -> None:
+        """Append a batch with one write, rotating first when it would pass the size limit."""
+        data = "".join(
+            raw.decode("utf-8", "replace").rstrip("\r\n") + "\n" for raw in items
+        )
+        with handler.lock or threading.Lock():
+            if handler.stream is None:
+                handler.stream = handler._open()
+            size = handler.stream.seek(0, 2)
+            if handler.maxBytes and size and size + len(data.encode()) >= handler.maxBytes:
+                handler.doRollover()
+            handler.stream.write(data)
+            handler.stream.flush()
 
     def finish(self) -> None:
         for handler in self.files.values():

@@ -246,3 +246,25 @@ def _crash(tmp_path: Path, server: RedisServer, procs: list[Process]) -> None:
     expected, _ = bulk_reference(tmp_path, url, lines)
     assert snapshot(r) == expected
     r.close()
+
+
+def test_logger_batches_rotate_at_the_size_limit(tmp_path: Path) -> None:
+    import logging.handlers
+
+    from pirus_bridge.workers import LoggerWorker
+
+    path = tmp_path / "bothits.log"
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=100, backupCount=3,
+                                                   encoding="utf-8")
+    try:
+        batch = [f"line {i:02d} of a batch\r\n".encode() for i in range(4)]  # 4 × 21 bytes
+        LoggerWorker._write(handler, batch)
+        LoggerWorker._write(handler, batch)  # would pass 100 bytes: rotates first
+        LoggerWorker._write(handler, [b"\xffnot utf-8\n"])
+    finally:
+        handler.close()
+    rotated = (tmp_path / "bothits.log.1").read_text()
+    assert rotated == "".join(f"line {i:02d} of a batch\n" for i in range(4))
+    current = path.read_text(encoding="utf-8")
+    assert current.startswith("line 00 of a batch\n") and current.endswith("\ufffdnot utf-8\n")
+    assert current.count("\n") == 5
