@@ -35,3 +35,14 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list]:
+    """``tests.live_support.Process`` objects a test starts; any still running at the end are
+    killed."""
+    started: list = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.kill()

@@ -58,20 +58,26 @@ def write_log(path: Path, lines: list[str]) -> Path:
 
 def snapshot(r: redis.Redis, patterns: tuple[str, ...] = ("c:*", "dly:*", "u:*", "t:*",
                                                          "d[vd]:*", "objectitems")) -> dict:
-    """Every counting key and its value, to compare two runs."""
+    """Every counting key and its value, to compare two runs (pipelined: live tests compare
+    tens of thousands of keys)."""
+    names = sorted({k for p in patterns for k in r.scan_iter(match=p, count=1000)})
+    pipe = r.pipeline(transaction=False)
+    for k in names:
+        pipe.type(k)
+    kinds = [t.decode() for t in pipe.execute()]
+    fetch = {"hash": pipe.hgetall, "set": pipe.smembers, "string": pipe.get,
+             "zset": lambda k: pipe.zrange(k, 0, -1)}
+    kept = [(k, kind) for k, kind in zip(names, kinds, strict=True) if kind in fetch]
+    for k, kind in kept:
+        fetch[kind](k)
     out: dict[str, Any] = {}
-    for pattern in patterns:
-        for key in r.scan_iter(match=pattern, count=1000):
-            kind = r.type(key).decode()
-            k = key.decode()
-            if kind == "hash":
-                out[k] = {f.decode(): v.decode() for f, v in r.hgetall(key).items()}
-            elif kind == "set":
-                out[k] = sorted(m.decode() for m in r.smembers(key))
-            elif kind == "string":
-                out[k] = r.get(key).decode()  # type: ignore[union-attr]
-            elif kind == "zset":
-                out[k] = sorted(m.decode() for m in r.zrange(key, 0, -1))
+    for (k, kind), v in zip(kept, pipe.execute(), strict=True):
+        if kind == "hash":
+            out[k.decode()] = {f.decode(): x.decode() for f, x in v.items()}
+        elif kind == "string":
+            out[k.decode()] = v.decode()
+        else:
+            out[k.decode()] = sorted(m.decode() for m in v)
     return out
 
 

@@ -18,6 +18,7 @@ from typing import IO, Any
 import redis
 import yaml
 
+from tests import helpers
 from tests.helpers import ROOT
 
 IRUS = {"irus": {"url": "http://127.0.0.1:9/counter/", "metrics": ["request", "investigation"]}}
@@ -167,27 +168,8 @@ def bulk_reference(tmp_path: Path, url: str, lines: list[str]) -> tuple[dict, An
 
 
 def snapshot(r: redis.Redis, patterns: tuple[str, ...] = COUNTING) -> dict[str, Any]:
-    """Every counting key and its value: :func:`tests.helpers.snapshot`, pipelined (the live
-    tests compare tens of thousands of keys, which one round trip per key makes slow)."""
-    names = sorted({k for p in patterns for k in r.scan_iter(match=p, count=1000)})
-    pipe = r.pipeline(transaction=False)
-    for k in names:
-        pipe.type(k)
-    kinds = [t.decode() for t in pipe.execute()]
-    fetch = {"hash": pipe.hgetall, "set": pipe.smembers, "string": pipe.get,
-             "zset": lambda k: pipe.zrange(k, 0, -1)}
-    kept = [(k, kind) for k, kind in zip(names, kinds, strict=True) if kind in fetch]
-    for k, kind in kept:
-        fetch[kind](k)
-    out: dict[str, Any] = {}
-    for (k, kind), v in zip(kept, pipe.execute(), strict=True):
-        if kind == "hash":
-            out[k.decode()] = {f.decode(): x.decode() for f, x in v.items()}
-        elif kind == "string":
-            out[k.decode()] = v.decode()
-        else:
-            out[k.decode()] = sorted(m.decode() for m in v)
-    return out
+    """Every counting key and its value (:func:`tests.helpers.snapshot` with these patterns)."""
+    return helpers.snapshot(r, patterns)
 
 
 def report(config: Path) -> Any:

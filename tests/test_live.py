@@ -11,10 +11,8 @@ import gzip
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from pirus_bridge.loghandler import DROPPED, RedisLogHandler
@@ -50,14 +48,6 @@ def tail_settled(r: redis.Redis, log: Path, total: int) -> bool:
     return lines_counted(r) == total and checkpoint(r, log).get("held") == "[]"
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Process]]:
-    """Processes started by a test; any still running at the end are killed."""
-    started: list[Process] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
 
 
 def test_tail_rename_and_copytruncate_rotation_equals_bulk(

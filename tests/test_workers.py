@@ -11,7 +11,6 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,6 @@ FILES = {"q:bothits": "bothits.log", "q:objectviews": "objectviews.log", "q:fof"
          "q:other": "other.log", "q:unparsed": "unparsed.log"}
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
 
 
 def start(procs: list[Process], config: Path, role: str) -> Process:
