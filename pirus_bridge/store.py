@@ -6,7 +6,6 @@ events, its processing counters and its file checkpoint into one MULTI/EXEC tran
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -202,20 +201,6 @@ class UsageStore:
         rows.sort(key=lambda r: (-r["Total_Item_Requests"], -r["Total_Item_Investigations"],
                                  r["item"]))
         return rows
-
-    def daily_sum(self, items: Iterable[str], days: int, today: dt.date) -> dict[str, dict]:
-        """Daily-unique views and downloads summed over items for the last ``days`` days."""
-        series = {
-            (today - dt.timedelta(days=n)).isoformat(): {"views": 0, "downloads": 0}
-            for n in range(days - 1, -1, -1)
-        }
-        for item in items:
-            for day, entry in self.item_daily(item).items():
-                if day in series:
-                    series[day]["views"] += entry["views"]
-                    series[day]["downloads"] += entry["downloads"]
-        return series
-
 
 class CountBatch:
     """Usage events counted by one call of ``lua/count.lua``, in the order they were added.
