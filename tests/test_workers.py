@@ -159,8 +159,11 @@ def test_two_counters_count_like_one(
 ) -> None:
     lines = generated_lines(tmp_path, 3000, seed=4, days=0.15)
     config = write_config(tmp_path, redis_url, batch_size=50)
-    workers = [start(procs, config, role)
-               for role in ("classifier", "counter", "counter", "logger")]
+    # Both counters wait on q:count before any event arrives, so each gets a share.
+    counters = [start(procs, config, "counter") for _ in range(2)]
+    assert wait_until(lambda: len(list(r.scan_iter(match="q:alive:q:count:*"))) == 2,
+                      timeout=30)
+    workers = [start(procs, config, "classifier"), *counters, start(procs, config, "logger")]
     r.lpush("q:loglines", *lines)
     assert wait_until(lambda: pipeline_settled(r, len(lines)), timeout=30)
     assert stop_all(workers) == [0, 0, 0, 0]
