@@ -36,8 +36,8 @@ def time_read(path: str) -> tuple[int, float]:
     t0 = time.process_time()
     n = 0
     with open_log(path) as source:
-        for n, _offset, _text in source:  # noqa: B007
-            pass
+        for block in source.blocks():
+            n += len(block.texts)
     return n, time.process_time() - t0
 
 
@@ -47,9 +47,11 @@ def time_read_parse(path: str, spec: str) -> tuple[int, int, float]:
     t0 = time.process_time()
     n = bad = 0
     with open_log(path) as source:
-        for n, _offset, text in source:  # noqa: B007
-            if parse(text) is None:
-                bad += 1
+        for block in source.blocks():
+            n += len(block.texts)
+            for rec in map(parse, block.texts):
+                if rec is None:
+                    bad += 1
     return n, bad, time.process_time() - t0
 
 
@@ -58,14 +60,16 @@ def time_read_parse_classify(path: str, spec: str) -> tuple[int, dict[str, int],
     parse = LogFormat.compile(spec).parse
     mapping = Mapping.load(MAPPING, host="eprints.example.ac.uk",
                            base_url="https://eprints.example.ac.uk")
-    classify = Classifier(RobotDetector(BotsConfig()), mapping, CountingConfig()).classify
-    counts = dict.fromkeys(Category, 0)
+    sort = Classifier(RobotDetector(BotsConfig()), mapping, CountingConfig()).sort
+    counts = dict.fromkeys([c.value for c in Category], 0)
     t0 = time.process_time()
     n = 0
     with open_log(path) as source:
-        for n, _offset, text in source:  # noqa: B007
-            counts[classify(parse(text))[0]] += 1
-    return n, {c.value: k for c, k in counts.items()}, time.process_time() - t0
+        for block in source.blocks():
+            n += len(block.texts)
+            for category, k in sort(map(parse, block.texts)).counts.items():
+                counts[category] += k
+    return n, counts, time.process_time() - t0
 
 
 def time_parse_only(path: str, spec: str, limit: int = 200_000) -> tuple[int, float]:

@@ -7,12 +7,13 @@ the same statistics whichever way it arrives.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
-from pirus_bridge.classify import Category, Classifier, RobotDetector
+from pirus_bridge.classify import Category, Classifier, RobotDetector, Sorted
 from pirus_bridge.config import Config
 from pirus_bridge.counter import Hasher
 from pirus_bridge.events import MetricType, UsageEvent
@@ -110,15 +111,21 @@ class Chain:
 
     def line(self, text: str) -> tuple[Category, UsageEvent | None]:
         """One log line's category, and its usage event when it is one."""
-        rec = self.parser.parse(text)
-        category, match = self.classifier.classify(rec)
-        if category is not Category.USAGE:
-            return category, None
-        assert rec is not None and match is not None
-        return category, UsageEvent(
-            rec.ts, match.item, match.oai_identifier, match.metric, match.url, rec.ip,
-            rec.user_agent, rec.referer, rec.status, rec.session, match.rule,
-        )
+        result, events = self.sort((text,))
+        if events:
+            return Category.USAGE, events[0]
+        return next(Category(c) for c, n in result.counts.items() if n), None
+
+    def sort(self, texts: Iterable[str]) -> tuple[Sorted, list[UsageEvent]]:
+        """Parse, classify and map a run of lines: the categories, and the usage events in
+        line order."""
+        result = self.classifier.sort(map(self.parser.parse, texts))
+        events = [
+            UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
+                       rec.user_agent, rec.referer, rec.status, rec.session, m.rule)
+            for rec, m in result.usage
+        ]  # fmt: skip
+        return result, events
 
     def prepare(self, pipe: redis.client.Pipeline, events: list[UsageEvent],
                 now: float | None = None) -> Prepared:

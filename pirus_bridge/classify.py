@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from pirus_bridge.config import BotsConfig, CountingConfig
+from pirus_bridge.events import MetricType
 from pirus_bridge.logparse import LogRecord
 from pirus_bridge.mapping import Mapping, MappingMatch
 
@@ -101,17 +102,32 @@ class RobotDetector:
         return hit
 
 
-_UNPARSED = (Category.UNPARSED, None)
-_BOT = (Category.BOT, None)
-_NOTFOUND = (Category.NOTFOUND, None)
-_OTHER = (Category.OTHER, None)
+_UNSEEN = MappingMatch("", "", None, MetricType.REQUEST, "")  # not yet in the URL cache
+
+
+class Sorted:
+    """A run of lines put into categories: how many of each, and the usage lines themselves.
+
+    ``counts`` is keyed by category value (``"bot"``, ``"usage"``, …, as the ``u:`` counters
+    are); ``usage`` holds each usage line's record and mapping match, in line order;
+    ``unparsed_at`` the positions (from 0) of the lines that did not parse.
+    """
+
+    __slots__ = ("counts", "usage", "unparsed_at")
+
+    def __init__(self, counts: dict[str, int], usage: list[tuple[LogRecord, MappingMatch]],
+                 unparsed_at: list[int]) -> None:
+        self.counts = counts
+        self.usage = usage
+        self.unparsed_at = unparsed_at
 
 
 class Classifier:
-    """Puts each parsed line in its category; usage lines come back with their mapping match.
+    """Puts parsed lines in their categories; usage lines come with their mapping match.
 
-    Called once per log line, so the hot path reads the robot detector's caches directly and
-    caches the mapping's answer per URL (a pure function of the URL; item pages repeat).
+    :meth:`sort` takes a whole run of lines in one call: it is the bulk path's inner loop, so it
+    reads the robot detector's caches directly and caches the mapping's answer per URL (a pure
+    function of the URL; item pages repeat).
     """
 
     def __init__(self, robots: RobotDetector, mapping: Mapping, counting: CountingConfig) -> None:
@@ -119,26 +135,49 @@ class Classifier:
         self.mapping = mapping
         self.statuses = {200, 304} | ({206} if counting.count_partial else set())
         self.methods = {"GET"} | ({"HEAD"} if counting.count_head else set())
-        self._matches: dict[str, tuple[Category, MappingMatch | None]] = {}
+        self._matches: dict[str, MappingMatch | None] = {}
 
-    def classify(self, rec: LogRecord | None) -> tuple[Category, MappingMatch | None]:
-        if rec is None:
-            return _UNPARSED
+    def sort(self, records: Iterable[LogRecord | None]) -> Sorted:
+        """Classify every record (``None``: a line that did not parse), in order."""
         robots = self.robots
-        robot = robots._ua_cache.get(rec.user_agent)
-        if robot is None:
-            robot = robots.is_robot_agent(rec.user_agent)
-        if robot or robots.is_robot_ip(rec.ip):
-            return _BOT
-        if rec.status >= 400:
-            return _NOTFOUND
-        if rec.status in self.statuses and rec.method in self.methods:
-            found = self._matches.get(rec.url)
-            if found is None:
-                match = self.mapping.match(rec.url, "GET")
-                found = _OTHER if match is None else (Category.USAGE, match)
-                if len(self._matches) >= CACHE_LIMIT:
-                    self._matches.clear()
-                self._matches[rec.url] = found
-            return found
-        return _OTHER
+        agents = robots._ua_cache
+        is_robot_agent = robots.is_robot_agent
+        exact_ips = robots._exact_ips
+        is_robot_ip = robots.is_robot_ip if robots._networks else None
+        statuses, methods = self.statuses, self.methods
+        matches = self._matches
+        match_url = self.mapping.match
+        usage: list[tuple[LogRecord, MappingMatch]] = []
+        unparsed_at: list[int] = []
+        n_unparsed = n_bot = n_notfound = n_other = 0
+        for rec in records:
+            if rec is None:
+                unparsed_at.append(n_unparsed + n_bot + n_notfound + n_other + len(usage))
+                n_unparsed += 1
+                continue
+            robot = agents.get(rec.user_agent)
+            if robot is None:
+                robot = is_robot_agent(rec.user_agent)
+            if robot or rec.ip in exact_ips or (is_robot_ip is not None and is_robot_ip(rec.ip)):
+                n_bot += 1
+            elif rec.status >= 400:
+                n_notfound += 1
+            elif rec.status in statuses and rec.method in methods:
+                url = rec.url
+                match = matches.get(url, _UNSEEN)
+                if match is _UNSEEN:
+                    match = match_url(url, "GET")
+                    if len(matches) >= CACHE_LIMIT:
+                        matches.clear()
+                    matches[url] = match
+                if match is None:
+                    n_other += 1
+                else:
+                    usage.append((rec, match))
+            else:
+                n_other += 1
+        counts = {
+            "unparsed": n_unparsed, "bot": n_bot, "notfound": n_notfound,
+            "usage": len(usage), "other": n_other,
+        }  # fmt: skip
+        return Sorted(counts, usage, unparsed_at)

@@ -32,12 +32,11 @@ import redis
 
 from pirus_bridge import keys
 from pirus_bridge.chain import Chain, IngestSummary, Prepared, UnparsedSample
-from pirus_bridge.classify import Category
 from pirus_bridge.config import Config
 from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.mapping import Mapping
-from pirus_bridge.sources import open_log
+from pirus_bridge.sources import Block, open_log
 
 __all__ = ["Ingester", "IngestSummary", "UnparsedSample", "FileCheckpoint"]
 
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 MAX_SAMPLES = 5
 SWITCH_INTERVAL_S = 0.0005  # GIL switch interval while a writer thread runs (see _Writer)
 Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None)
-Lines = Iterable[tuple[int, int, str] | None]  # (line number, offset after it, text) or idle
+Blocks = Iterable[Block | None]  # runs of lines, or None when the source is idle
 
 
 class Checkpoint(Protocol):
@@ -128,7 +127,7 @@ class Ingester:
                 if progress is not None:
                     progress(src.position(), src.size_hint)
 
-            self.run(src, checkpoint, buffer, s, name=path, on_batch=report)
+            self.run(src.blocks(), checkpoint, buffer, s, name=path, on_batch=report)
             report()
         finally:
             src.close()
@@ -144,7 +143,7 @@ class Ingester:
 
     def run(
         self,
-        lines: Lines,
+        blocks: Blocks,
         checkpoint: Checkpoint | None,
         buffer: ReorderBuffer,
         s: IngestSummary,
@@ -153,72 +152,59 @@ class Ingester:
         on_batch: Callable[[], None] | None = None,
         drain: bool = True,
     ) -> None:
-        """The per-line loop: count ``lines`` into Redis, committing every batch (and whenever
-        the source is idle) together with ``checkpoint``. At the end, held events are counted
-        too when ``drain`` is set (a finished file), else kept in the checkpoint."""
+        """The bulk loop: count the lines of ``blocks`` into Redis, committing every batch
+        (and whenever the source is idle) together with ``checkpoint``. At the end, held events
+        are counted too when ``drain`` is set (a finished file), else kept in the checkpoint."""
         for g in self.gatherers:
             s.enqueued.setdefault(g.name, 0)
-        chain = self.chain
-        parse = chain.parser.parse
-        classify = chain.classifier.classify
+        sort = self.chain.sort
         batch_size = self.cfg.counting.batch_size
         window = self.cfg.counting.reorder_window_s
-        usage, bot, notfound = Category.USAGE, Category.BOT, Category.NOTFOUND
-        other, unparsed = Category.OTHER, Category.UNPARSED
-        n_bot = n_usage = n_notfound = n_other = n_unparsed = 0
+        counts = dict.fromkeys(keys.CATEGORY_COUNTERS, 0)
         released: list[UsageEvent] = []
         push = buffer.push
-        n = 0
+        n = 0  # lines since the last commit
         offset = lineno = 0
         writer = _Writer(s)
 
         def commit(final: bool = False) -> None:
-            nonlocal released, n, n_bot, n_usage, n_notfound, n_other, n_unparsed
+            nonlocal released, n, counts
             if final and drain:
                 released += buffer.drain()
-            counts = {"bot": n_bot, "usage": n_usage, "notfound": n_notfound,
-                      "other": n_other, "unparsed": n_unparsed}  # fmt: skip
             writer.submit(self._prepare(released, counts, checkpoint, offset, lineno, buffer))
             released, n = [], 0
-            n_bot = n_usage = n_notfound = n_other = n_unparsed = 0
+            counts = dict.fromkeys(keys.CATEGORY_COUNTERS, 0)
             if on_batch is not None:
                 on_batch()
 
         try:
-            for item in lines:
-                if item is None:  # the source is idle: commit, let old held events go
+            for block in blocks:
+                if block is None:  # the source is idle: commit, let old held events go
                     released += buffer.release_before(int(time.time()) - window)
                     if n or released:
                         commit()
                     continue
-                lineno, offset, text = item
-                rec = parse(text)
-                cat, match = classify(rec)
-                if cat is bot:
-                    n_bot += 1
-                elif cat is usage:
-                    assert rec is not None and match is not None
-                    n_usage += 1
-                    held = push(
-                        UsageEvent(
-                            rec.ts, match.item, match.oai_identifier, match.metric, match.url,
-                            rec.ip, rec.user_agent, rec.referer, rec.status, rec.session,
-                            match.rule,
-                        )
-                    )
-                    if held:
-                        released += held
-                elif cat is notfound:
-                    n_notfound += 1
-                elif cat is other:
-                    n_other += 1
-                elif cat is unparsed:
-                    n_unparsed += 1
-                    if len(s.samples) < MAX_SAMPLES:
-                        s.samples.append(UnparsedSample(name, lineno, _excerpt(text)))
-                n += 1
-                if n == batch_size:
-                    commit()
+                texts = block.texts
+                start, total = 0, len(texts)
+                while start < total:  # the block's lines, cut at batch boundaries
+                    stop = min(total, start + batch_size - n)
+                    result, events = sort(texts[start:stop] if start or stop < total else texts)
+                    for category, k in result.counts.items():
+                        counts[category] += k
+                    for event in events:
+                        held = push(event)
+                        if held:
+                            released += held
+                    for at in result.unparsed_at:
+                        if len(s.samples) < MAX_SAMPLES:
+                            s.samples.append(UnparsedSample(
+                                name, block.lineno + start + at + 1, _excerpt(texts[start + at])))
+                    n += stop - start
+                    lineno = block.lineno + stop
+                    offset = block.offset_after(stop)
+                    start = stop
+                    if n == batch_size:
+                        commit()
             commit(final=True)
         except BaseException:
             writer.abandon()

@@ -26,12 +26,13 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
+from itertools import accumulate
 from types import TracebackType
 from typing import BinaryIO
 
 from pirus_bridge.exceptions import InputError
 
-__all__ = ["FINGERPRINT_BYTES", "LogSource", "detect_compression", "open_log"]
+__all__ = ["FINGERPRINT_BYTES", "Block", "LogSource", "detect_compression", "open_log"]
 
 CHUNK_SIZE = 1 << 20
 FINGERPRINT_BYTES = 8192
@@ -80,6 +81,46 @@ def _peek(raw: BinaryIO, n: int) -> bytes:
     if peek is None:
         raise InputError("standard input must be a buffered binary stream")
     return bytes(peek(n)[:n])
+
+
+class Block:
+    """Consecutive lines of a log, read in one go.
+
+    ``lineno`` and ``offset`` are the line number and byte offset *before* the first line, so
+    ``texts[i]`` is line ``lineno + i + 1``. ``ends`` holds the byte offset just after each
+    line when that is not simply the running sum of ``len(text) + 1`` (lines with non-ASCII
+    bytes or ``\\r\\n`` endings, a last line without a newline); else it is ``None``.
+    """
+
+    __slots__ = ("lineno", "offset", "texts", "ends")
+
+    def __init__(self, lineno: int, offset: int, texts: list[str],
+                 ends: list[int] | None = None) -> None:
+        self.lineno = lineno
+        self.offset = offset
+        self.texts = texts
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def offset_after(self, count: int) -> int:
+        """The byte offset just after the first ``count`` lines of the block."""
+        if count <= 0:
+            return self.offset
+        if self.ends is None:
+            return self.offset + sum(map(len, self.texts[:count])) + count
+        return self.ends[count - 1]
+
+    def __repr__(self) -> str:
+        return f"Block(lineno={self.lineno}, offset={self.offset}, lines={len(self.texts)})"
+
+
+def _decode(raw: bytes) -> str:
+    """A line's bytes as text: UTF-8 with replacement, without a ``\\r`` before the newline."""
+    if raw[-1:] == b"\r":
+        raw = raw[:-1]
+    return raw.decode("utf-8", "replace")
 
 
 class LogSource:
@@ -205,12 +246,25 @@ class LogSource:
         return chunk
 
     def __iter__(self) -> Iterator[tuple[int, int, str]]:
+        return self._lines(self.blocks())
+
+    @staticmethod
+    def _lines(blocks: Iterator[Block]) -> Iterator[tuple[int, int, str]]:
+        for block in blocks:
+            offset, lineno, ends = block.offset, block.lineno, block.ends
+            for i, text in enumerate(block.texts):
+                offset = offset + len(text) + 1 if ends is None else ends[i]
+                lineno += 1
+                yield lineno, offset, text
+
+    def blocks(self) -> Iterator[Block]:
+        """The lines a chunk at a time, as :class:`Block` values (the bulk path's way in)."""
         if self._started:
             raise InputError(f"{self.name}: a log source can be read only once")
         self._started = True
-        return self._lines()
+        return self._blocks()
 
-    def _lines(self) -> Iterator[tuple[int, int, str]]:
+    def _blocks(self) -> Iterator[Block]:
         offset, lineno = self._offset, self._lineno
         rest = b""
         while True:
@@ -225,28 +279,22 @@ class LogSource:
                 continue
             body = chunk[:cut]
             if body.isascii() and b"\r" not in body:
-                lines = body.decode("ascii").split("\n")
-                lines.pop()
-                for text in lines:
-                    offset += len(text) + 1
-                    lineno += 1
-                    yield lineno, offset, text
+                texts = body.decode("ascii").split("\n")
+                texts.pop()
+                block = Block(lineno, offset, texts)
             else:
                 raws = body.split(b"\n")
                 raws.pop()
-                for raw in raws:
-                    offset += len(raw) + 1
-                    lineno += 1
-                    if raw[-1:] == b"\r":
-                        raw = raw[:-1]
-                    yield lineno, offset, raw.decode("utf-8", "replace")
+                ends = list(accumulate((len(raw) + 1 for raw in raws), initial=offset))
+                block = Block(lineno, offset, [_decode(raw) for raw in raws], ends[1:])
+            offset += cut
+            lineno += len(block.texts)
             self._offset, self._lineno = offset, lineno
+            yield block
         if rest:
+            yield Block(lineno, offset, [_decode(rest)], [offset + len(rest)])
             offset += len(rest)
             lineno += 1
-            if rest[-1:] == b"\r":
-                rest = rest[:-1]
-            yield lineno, offset, rest.decode("utf-8", "replace")
         self._offset, self._lineno = offset, lineno
 
     def close(self) -> None:

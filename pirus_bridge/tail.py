@@ -36,7 +36,7 @@ from pirus_bridge.chain import Chain, IngestSummary
 from pirus_bridge.config import Config
 from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
 from pirus_bridge.events import UsageEvent
-from pirus_bridge.sources import open_log
+from pirus_bridge.sources import Block, open_log
 from pirus_bridge.store import text
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ def identity_of(path: Path) -> str | None:
 
 
 class Follower:
-    """Yields ``(lineno, offset_after, text)`` for each new complete line, or ``None`` on idle."""
+    """Yields each new complete line as a one-line :class:`~pirus_bridge.sources.Block`, or
+    ``None`` on idle. One line at a time: :meth:`position` must not run ahead of what the
+    consumer has taken."""
 
     def __init__(
         self,
@@ -101,7 +103,7 @@ class Follower:
         self.identity: str | None = None
         self.offset = 0
         self.line = 0
-        self._pending: list[tuple[int, int, str, Position]] = []
+        self._pending: list[tuple[Block, Position]] = []
         self._last: Position | None = None
         self.stopping = False
 
@@ -148,9 +150,11 @@ class Follower:
                 continue
             with open_log(str(candidate)) as src:
                 src.skip_to(saved.offset, saved.line)
-                self._pending += [
-                    (n, off, text, Position(saved.identity, off, n)) for n, off, text in src
-                ]
+                before = saved.offset
+                for n, off, text in src:
+                    block = Block(n - 1, before, [text], [off])
+                    self._pending.append((block, Position(saved.identity, off, n)))
+                    before = off
             log.info("caught up %d line(s) from rotated %s", len(self._pending), candidate)
             return
         log.warning("rotated file of %s not found; lines after line %d of it are lost",
@@ -173,7 +177,7 @@ class Follower:
 
     # -- following -----------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[tuple[int, int, str] | None]:
+    def __iter__(self) -> Iterator[Block | None]:
         idle = 0
         while not self.stopping:
             if self._pending:
@@ -194,15 +198,15 @@ class Follower:
                 yield None
             self.sleep(self.poll_s)
 
-    def _drain_pending(self) -> Iterator[tuple[int, int, str]]:
+    def _drain_pending(self) -> Iterator[Block]:
         # Lines of a rotated file keep that file's position until they are all yielded, so a
         # crash in between resumes in the rotated file, not past it.
         pending, self._pending = self._pending, []
-        for n, off, line, pos in pending:
+        for block, pos in pending:
             self._last = pos
-            yield n, off, line
+            yield block
 
-    def _read_available(self) -> Iterator[tuple[int, int, str]]:
+    def _read_available(self) -> Iterator[Block]:
         f = self._f
         if f is None:
             self._open(0, 0)
@@ -220,11 +224,12 @@ class Follower:
             if self.identity is None:
                 self.identity = _identity(text) if self.offset == 0 else first_line_identity(
                     os.pread(f.fileno(), IDENTITY_BYTES + 1, 0))
+            before = self.offset
             self.offset += len(raw)
             self.line += 1
             if self.identity is not None:
                 self._last = Position(self.identity, self.offset, self.line)
-            yield self.line, self.offset, text
+            yield Block(self.line - 1, before, [text], [self.offset])
 
     def _rotated(self) -> bool:
         """At end of file: has the file been renamed away or truncated? Switch if so."""
@@ -236,8 +241,9 @@ class Follower:
             if self._f is not None and self.identity is not None:
                 # anything written to the old file before the rename
                 rest = list(self._read_available())
-                self._pending += [(n, off, t, Position(self.identity, off, n))
-                                  for n, off, t in rest]
+                self._pending += [
+                    (b, Position(self.identity, b.offset_after(1), b.lineno + 1)) for b in rest
+                ]
             self._open(0, 0)
             return self._f is not None
         if st.st_size < self.offset:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pirus_bridge.sources import Block
 from pirus_bridge.tail import Follower, Position
 
 OPEN: list[Follower] = []
@@ -25,13 +26,13 @@ def lines(n: int, start: int = 0, tag: str = "line") -> str:
     return "".join(f"{tag} {i}\n" for i in range(start, start + n))
 
 
-def take(it: Iterator[tuple[int, int, str] | None], n: int) -> list[str]:
+def take(it: Iterator[Block | None], n: int) -> list[str]:
     """The next ``n`` lines from a follower (idle ticks skipped, bounded)."""
     out: list[str] = []
     for _ in range(n * 4 + 20):
         item = next(it)
         if item is not None:
-            out.append(item[2])
+            out.extend(item.texts)
             if len(out) == n:
                 return out
     return out
