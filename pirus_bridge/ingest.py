@@ -18,6 +18,7 @@ events older than the reorder window by the wall clock.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 5
 SWITCH_INTERVAL_S = 0.0005  # GIL switch interval while a writer thread runs (see _Writer)
+# The loop allocates records, events and cache entries by the million, and many of them live
+# for a batch or longer: with the default threshold (700) the collector ran ~900 times per
+# million lines and took ~13% of the run. The loop makes no reference cycles of its own.
+GC_YOUNG_THRESHOLD = 20_000
 Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None)
 Blocks = Iterable[Block | None]  # runs of lines, or None when the source is idle
 
@@ -166,6 +171,8 @@ class Ingester:
         n = 0  # lines since the last commit
         offset = lineno = 0
         writer = _Writer(s)
+        gc_threshold = gc.get_threshold()
+        gc.set_threshold(max(gc_threshold[0], GC_YOUNG_THRESHOLD), *gc_threshold[1:])
 
         def commit(final: bool = False) -> None:
             nonlocal released, n, counts
@@ -209,6 +216,8 @@ class Ingester:
         except BaseException:
             writer.abandon()
             raise
+        finally:
+            gc.set_threshold(*gc_threshold)
         writer.close()
 
     def _prepare(
