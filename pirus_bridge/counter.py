@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
+import json
 import time
 from typing import NamedTuple
 
@@ -61,7 +62,8 @@ class Hasher:
     The surrogate session ``IP|User-Agent|YYYY-MM-DD|HH`` is the client's hash followed by the
     two-digit UTC hour: dedupe state is kept per UTC day (``keys.day_state``), so the hour is
     what tells one day's sessions apart, and a new hour slice costs no second digest. People
-    come back: the digests of recent clients and their hour slices are cached (bounded).
+    come back: the digests of recent clients are cached (bounded), by ``(IP, User-Agent)`` so
+    that a client seen again costs no text to build.
     """
 
     def __init__(self, salt: str) -> None:
@@ -71,8 +73,7 @@ class Hasher:
         # keying BLAKE2b costs a block; copying a keyed state is about half the price
         self._keyed = hashlib.blake2b(key=self._salt[:64], digest_size=8)
         self._cache: dict[str, str] = {}
-        # by (IP, User-Agent, hour number): no text to build when a client is seen again
-        self._identities: dict[tuple[str, str, int], Identities] = {}
+        self._clients: dict[tuple[str, str], str] = {}
 
     def digest(self, text: str) -> str:
         found = self._cache.get(text)
@@ -89,15 +90,17 @@ class Hasher:
         if event.session:
             user = self.digest(f"s|{event.session}")
             return Identities(user, user, self.digest(f"{event.ip}|{event.user_agent}"))
-        hour = event.ts // 3600
-        key = (event.ip, event.user_agent, hour)
-        found = self._identities.get(key)
-        if found is None:
+        key = (event.ip, event.user_agent)
+        client = self._clients.get(key)
+        if client is None:
             client = self.digest(f"{event.ip}|{event.user_agent}")  # also the double-click user
-            if len(self._identities) >= HASH_CACHE_LIMIT:
-                self._identities.clear()
-            found = self._identities[key] = Identities(client, f"{client}{hour % 24:02d}", client)
-        return found
+            if len(self._clients) >= HASH_CACHE_LIMIT:
+                self._clients.clear()
+            self._clients[key] = client
+        return Identities(client, client + _HOURS[event.ts // 3600 % 24], client)
+
+
+_HOURS = [f"{h:02d}" for h in range(24)]
 
 
 def day_state_ttl(ts: int, now: float, grace_s: int) -> int:
@@ -121,6 +124,7 @@ class ReorderBuffer:
     def __init__(self, window_s: int) -> None:
         self.window_s = window_s
         self._heap: list[tuple[int, int, UsageEvent]] = []
+        self._json: dict[int, str] = {}  # by sequence number: see held_json
         self._seq = 0
         self.newest = 0
 
@@ -158,8 +162,22 @@ class ReorderBuffer:
         return out
 
     def held(self) -> list[UsageEvent]:
-        """The held events in release order, without removing them (for checkpoints)."""
+        """The held events in release order, without removing them."""
         return [e for _, _, e in sorted(self._heap)]
+
+    def held_json(self) -> list[str]:
+        """Each held event as compact JSON (:func:`event_to_json`), in release order, for
+        checkpoints. An event is encoded once while it is held, not at every checkpoint."""
+        memo, fresh = self._json, {}
+        out = []
+        for _, seq, event in sorted(self._heap):
+            text = memo.get(seq)
+            if text is None:
+                text = json.dumps(event_to_json(event), separators=(",", ":"))
+            fresh[seq] = text
+            out.append(text)
+        self._json = fresh
+        return out
 
 
 def event_to_json(e: UsageEvent) -> dict[str, object]:

@@ -34,7 +34,7 @@ import redis
 from pirus_bridge import keys
 from pirus_bridge.chain import Chain, IngestSummary, Prepared, UnparsedSample
 from pirus_bridge.config import Config
-from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
+from pirus_bridge.counter import ReorderBuffer, event_from_json
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.mapping import Mapping
 from pirus_bridge.sources import Block, open_log
@@ -60,8 +60,9 @@ class Checkpoint(Protocol):
         """Saved ``(offset, line, held events)``, or None for a new source."""
 
     def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
-              held: list[UsageEvent]) -> None:
-        """Queue the save of the position after ``line`` and the held events on ``pipe``."""
+              held: list[str]) -> None:
+        """Queue the save of the position after ``line`` and the held events (each as JSON,
+        :meth:`ReorderBuffer.held_json`) on ``pipe``."""
 
 
 class FileCheckpoint:
@@ -79,10 +80,10 @@ class FileCheckpoint:
         return int(ck[b"offset"]), int(ck[b"line"]), held
 
     def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
-              held: list[UsageEvent]) -> None:
+              held: list[str]) -> None:
         pipe.hset(self.key, mapping={
             "offset": offset, "line": line, "file": self.path, "updated": int(time.time()),
-            "held": json.dumps([event_to_json(e) for e in held]),
+            "held": f"[{','.join(held)}]",
         })
 
 
@@ -193,6 +194,7 @@ class Ingester:
                     continue
                 texts = block.texts
                 start, total = 0, len(texts)
+                offset = block.offset
                 while start < total:  # the block's lines, cut at batch boundaries
                     stop = min(total, start + batch_size - n)
                     result, events = sort(texts[start:stop] if start or stop < total else texts)
@@ -208,7 +210,7 @@ class Ingester:
                                 name, block.lineno + start + at + 1, _excerpt(texts[start + at])))
                     n += stop - start
                     lineno = block.lineno + stop
-                    offset = block.offset_after(stop)
+                    offset += block.span(start, stop)
                     start = stop
                     if n == batch_size:
                         commit()
@@ -236,7 +238,7 @@ class Ingester:
         prepared = self.chain.prepare(pipe, events)
         self.chain.store.add_category_counts(pipe, counts)
         if checkpoint is not None:
-            checkpoint.write(pipe, offset, lineno, buffer.held())
+            checkpoint.write(pipe, offset, lineno, buffer.held_json())
         return _Batch(pipe, prepared, counts)
 
 

@@ -106,11 +106,15 @@ class Block:
 
     def offset_after(self, count: int) -> int:
         """The byte offset just after the first ``count`` lines of the block."""
-        if count <= 0:
-            return self.offset
+        return self.offset + self.span(0, count)
+
+    def span(self, start: int, stop: int) -> int:
+        """How many bytes lines ``start`` to ``stop`` (excluded) take, newlines included."""
+        if stop <= start:
+            return 0
         if self.ends is None:
-            return self.offset + sum(map(len, self.texts[:count])) + count
-        return self.ends[count - 1]
+            return sum(map(len, self.texts[start:stop])) + stop - start
+        return self.ends[stop - 1] - (self.ends[start - 1] if start else self.offset)
 
     def __repr__(self) -> str:
         return f"Block(lineno={self.lineno}, offset={self.offset}, lines={len(self.texts)})"

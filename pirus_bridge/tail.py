@@ -34,7 +34,7 @@ import redis
 
 from pirus_bridge.chain import Chain, IngestSummary
 from pirus_bridge.config import Config
-from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
+from pirus_bridge.counter import ReorderBuffer, event_from_json
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.sources import Block, open_log
 from pirus_bridge.store import text
@@ -277,13 +277,13 @@ class TailCheckpoint:
         return 0, 0, held
 
     def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
-              held: list[UsageEvent]) -> None:
+              held: list[str]) -> None:
         pos = self.follower.position()
         if pos is None:
             return
         pipe.hset(self.key, mapping={
             "identity": pos.identity, "offset": pos.offset, "line": pos.line,
-            "held": json.dumps([event_to_json(e) for e in held]), "updated": int(time.time()),
+            "held": f"[{','.join(held)}]", "updated": int(time.time()),
         })
 
 

@@ -171,7 +171,7 @@ class CounterWorker(Worker):
     def commit(self, events: list[UsageEvent]) -> None:
         pipe = self.r.pipeline(transaction=True)
         prepared = self.chain.prepare(pipe, events)
-        held = [json.dumps(event_to_json(e), separators=(",", ":")) for e in self.buffer.held()]
+        held = self.buffer.held_json()
         self.queue.ack(pipe, keep=held)
         replies = pipe.execute()
         self.chain.account(prepared, replies, self.summary)

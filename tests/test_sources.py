@@ -69,6 +69,32 @@ def test_open_log_lines_across_chunk_boundaries(
         assert list(source) == EXPECTED
 
 
+ASCII = b"".join(b"line %d%s\n" % (i, b"x" * (i % 7)) for i in range(40))
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 100, 1 << 20])
+@pytest.mark.parametrize("content", [CONTENT, ASCII], ids=["mixed", "ascii"])
+def test_blocks_give_every_line_and_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, content: bytes
+) -> None:
+    monkeypatch.setattr(sources, "CHUNK_SIZE", chunk)
+    with open_log(write(tmp_path, content, "plain")) as source:
+        expected = list(source)
+    with open_log(write(tmp_path, content, "plain")) as source:
+        blocks = list(source.blocks())
+    got = []
+    for block in blocks:
+        for i, text in enumerate(block.texts):
+            got.append((block.lineno + i + 1, block.offset_after(i + 1), text))
+        # any cut of a block: the spans of its parts add up to the whole
+        for cut in range(len(block) + 1):
+            assert block.span(0, cut) + block.span(cut, len(block)) == block.span(0, len(block))
+        assert block.offset + block.span(0, len(block)) == block.offset_after(len(block))
+    assert got == expected
+    assert [b.lineno for b in blocks[1:]] == [b.lineno + len(b) for b in blocks[:-1]]
+    assert [b.offset for b in blocks[1:]] == [b.offset_after(len(b)) for b in blocks[:-1]]
+
+
 @pytest.mark.parametrize(
     ("name", "compression"),
     [("access.log", "gzip"), ("access.log.gz", "plain"), ("access.gz", "bzip2"), ("x", "xz")],
