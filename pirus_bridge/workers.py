@@ -26,7 +26,7 @@ import redis
 from pirus_bridge import keys
 from pirus_bridge.chain import Chain
 from pirus_bridge.config import Config
-from pirus_bridge.counter import ReorderBuffer, event_from_json, event_to_json
+from pirus_bridge.counter import ReorderBuffer, event_from_json, event_json
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.ingest import IngestSummary
 from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, HEARTBEAT_S, LOGLINES, ReliableQueue
@@ -131,7 +131,7 @@ class ClassifierWorker(Worker):
             category, event = self.chain.line(text)
             routed.setdefault(CATEGORY_QUEUES[category.value], []).append(raw)
             if event is not None:
-                events.append(json.dumps(event_to_json(event), separators=(",", ":")))
+                events.append(event_json(event))
         pipe = self.r.pipeline(transaction=True)
         for name, lines in routed.items():
             pipe.lpush(name, *lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pirus_bridge.counter import Hasher, ReorderBuffer, event_from_json
+from pirus_bridge.counter import Hasher, ReorderBuffer, event_from_json, event_json, event_to_json
 from pirus_bridge.events import MetricType, UsageEvent
 
 
@@ -65,3 +65,16 @@ def test_a_logged_session_id_is_both_user_and_session() -> None:
     ids = hasher.identities(UsageEvent(1_700_000_000, "1", None, MetricType.REQUEST, "u",
                                        "192.0.2.1", "ua", "", 200, session="abc"))
     assert ids.user == ids.session != ids.client
+
+
+def test_event_json_is_event_to_json_as_compact_json() -> None:
+    tricky = UsageEvent(1_700_000_000, 'it"em\\1', None, MetricType.REQUEST,
+                        "https://r.example/1/é.pdf?a=\"b\"", "2001:db8::1",
+                        "Mozilla/5.0 \u2603\ttab", "https://ref.example/?q=\\x", 304,
+                        session="s\u00e9ss", rule="download")
+    for e in (tricky, event(5), UsageEvent(1, "i", "oai:x:i", MetricType.INVESTIGATION, "u",
+                                           "ip", "", "", 200, None, "")):
+        text = event_json(e)
+        assert json.loads(text) == event_to_json(e)
+        assert event_from_json(json.loads(text)) == e
+        assert text == json.dumps(event_to_json(e), separators=(",", ":"))
