@@ -138,11 +138,14 @@ class Chain:
         identities = self.hasher.identities
         add = count.add
         with_metadata = self._with_metadata
+        known = self._known_items
+        new_oai: list[tuple[str, str]] = []
         request = MetricType.REQUEST
         outcomes: list[tuple[bool, tuple[str, ...]]] = []
         nobody: tuple[str, ...] = ()
         for event in events:
-            event = with_metadata(event, pipe)
+            if event.item not in known or not event.oai_identifier:
+                event = with_metadata(event, new_oai)
             ids = identities(event)
             body: str | None = None
             messages: list[tuple[str, str] | None] = []
@@ -157,6 +160,7 @@ class Chain:
                     messages.append(None)
             add(event, ids, messages)
             outcomes.append((event.metric is request, tuple(names) if names else nobody))
+        self.store.remember_oai_identifiers(pipe, new_oai)
         count_index = len(pipe) if events else None
         if events:
             count.queue(pipe)
@@ -182,8 +186,9 @@ class Chain:
                 for name in names:
                     enqueued_by[name] = enqueued_by.get(name, 0) + 1
 
-    def _with_metadata(self, event: UsageEvent, pipe: redis.client.Pipeline) -> UsageEvent:
-        """Fill the OAI identifier from metadata when the mapping cannot give it; remember it."""
+    def _with_metadata(self, event: UsageEvent, new_oai: list[tuple[str, str]]) -> UsageEvent:
+        """Fill the OAI identifier from metadata when the mapping cannot give it; the first time
+        an item is seen, add its identifier to ``new_oai`` to be remembered."""
         item = event.item
         if item not in self._known_items:
             self._known_items.add(item)
@@ -192,7 +197,7 @@ class Chain:
                 self._oai_from_metadata[item] = md.oai_identifier
             oai = event.oai_identifier or self._oai_from_metadata.get(item)
             if oai:
-                self.store.remember_oai_identifier(pipe, item, oai)
+                new_oai.append((item, oai))
         if not event.oai_identifier and item in self._oai_from_metadata:
             return replace(event, oai_identifier=self._oai_from_metadata[item])
         return event

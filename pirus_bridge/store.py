@@ -27,6 +27,9 @@ COUNT_LUA = "\n".join(
     for line in (files("pirus_bridge") / "lua" / "count.lua").read_text().splitlines()
     if not line.lstrip().startswith("--")
 )
+REMEMBER_OAI_LUA = (
+    "for i, key in ipairs(KEYS) do redis.call('HSET', key, 'oai_identifier', ARGV[i]) end"
+)
 METRIC_CODES = (keys.TII, keys.UII, keys.TIR, keys.UIR)
 OUTBOX_PARTS = ("msg", "pending", "sent", "failed", "stats")  # the order count.lua expects
 # Per-item and per-day key caches are cleared when they reach this size.
@@ -155,8 +158,15 @@ class UsageStore:
         value = self.r.hget(keys.metadata(item), "oai_identifier")
         return value.decode() if isinstance(value, bytes) else None
 
-    def remember_oai_identifier(self, pipe: redis.client.Pipeline, item: str, oai: str) -> None:
-        pipe.hset(keys.metadata(item), "oai_identifier", oai)
+    def remember_oai_identifiers(
+        self, pipe: redis.client.Pipeline, found: Sequence[tuple[str, str]]
+    ) -> None:
+        """Record ``(item, OAI identifier)`` pairs in the items' ``md:`` hashes: one script call
+        for the lot (a bulk batch meets a hundred new items; a command each cost the writer
+        more than the counting)."""
+        if found:
+            names = [keys.metadata(item) for item, _ in found]
+            pipe.eval(REMEMBER_OAI_LUA, len(names), *names, *(oai for _, oai in found))
 
     def item_stats(self, item: str) -> dict[str, Any]:
         """``stats item ID --json`` (SPEC §11)."""
