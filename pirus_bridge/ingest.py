@@ -7,13 +7,16 @@ released so far, the ``u:<category>`` counters, and the source's checkpoint (byt
 number and the events still held by the reorder buffer). A run killed at any point resumes at
 the last checkpoint, so a file ingested twice, or resumed after SIGKILL, is counted once.
 
-The events of a batch are counted by one call of the counting script (``UsageStore.batch``).
-Transactions are committed in order by a writer thread, so Redis works on one batch while the
-main thread parses the next; an error in the writer is raised in the main thread.
+Lines come in blocks (:class:`~pirus_bridge.sources.Block`, a read chunk's worth); each block
+is cut at batch boundaries and each piece goes through :meth:`Chain.sort` in one call, so the
+per-line work is the parser and the classifier's inner loop and nothing else. The events of a
+batch are counted by one call of the counting script (``UsageStore.batch``). Transactions are
+committed in order by a writer thread, so Redis works on one batch while the main thread parses
+the next; an error in the writer is raised in the main thread.
 
-The same loop serves ``tail``: its source is a :class:`~pirus_bridge.tail.Follower`, which also
-yields ``None`` when the file is idle; the loop then commits what it has, and releases held
-events older than the reorder window by the wall clock.
+The same loop serves ``tail``: its source is a :class:`~pirus_bridge.tail.Follower`, which
+yields one-line blocks, and ``None`` when the file is idle; the loop then commits what it has,
+and releases held events older than the reorder window by the wall clock.
 """
 
 from __future__ import annotations

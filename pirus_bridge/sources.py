@@ -12,7 +12,9 @@ whatever its name) or ``-`` for standard input (which may be compressed too). It
 
 A last line without a newline is yielded too, with ``offset_after`` at the end of the stream.
 Files are read in 1 MiB chunks; an all-ASCII chunk (the usual case, since web servers escape
-other bytes) is decoded in one go.
+other bytes) is decoded in one go. The bulk path takes the lines a chunk at a time instead, as
+:class:`Block` values from :meth:`LogSource.blocks`, and works out offsets only where it
+commits.
 """
 
 from __future__ import annotations
