@@ -1,11 +1,12 @@
 """Benchmark the per-line front half of the pipeline on a generated repository access log.
 
 ``python bench/bench_parse.py [--lines N] [--format combined] [--gzip]`` writes an N-line log
-(see ``bench/loggen.py``) to a temporary file, then times reading alone (``open_log``), reading +
-parsing (``LogFormat.parse``), and reading + parsing + classifying + mapping (the COUNTER robots
-list, ``Classifier`` and the shipped ``mappings/eprints3.yaml``) in one process, and prints
-lines/s and µs/line for each. No Redis is involved. Times are CPU time of this process
-(``time.process_time``), so other load on the machine skews them less.
+(see ``bench/loggen.py``) to a temporary file, then times reading alone
+(``open_log(...).blocks()``, as bulk ingest reads), reading + parsing (``LogFormat.parse``),
+and reading + parsing + classifying + mapping (the COUNTER robots list, ``Classifier.sort`` and
+the shipped ``mappings/eprints3.yaml``) in one process, and prints lines/s and µs/line for
+each. No Redis is involved. Times are CPU time of this process (``time.process_time``), so
+other load on the machine skews them less.
 """
 
 from __future__ import annotations
