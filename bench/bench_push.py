@@ -14,7 +14,8 @@ missing and running as root) instead of the Python test gatherer, whose own spee
 thousand requests/s on two cores) otherwise caps both figures.
 
     .venv/bin/python bench/bench_push.py [--events 20000] [--rounds 3]
-        [--concurrency 4] [--batch-size 500] [--gatherer python|nginx] [--profile]
+        [--concurrency 4] [--batch-size 500] [--gatherer python|nginx]
+        [--profile [--profile-sort cumulative|tottime]]
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def enqueue(cfg: Config, r: redis.Redis, log: Path, n: int) -> None:
         raise SystemExit(f"expected {n} messages, enqueued {summary.enqueued}")
 
 
-def time_push(cfg: Config, r: redis.Redis, n: int, profile: bool) -> tuple[float, list[str]]:
+def time_push(cfg: Config, r: redis.Redis, n: int, profile: bool,
+              sort: str = "cumulative") -> tuple[float, list[str]]:
     """Seconds for push_once to deliver everything; also the URLs it sent (for the bare loop)."""
     pusher = Pusher(cfg, r, cfg.gatherers["bench"])
     box = Outbox(r, "bench")
@@ -106,7 +108,7 @@ def time_push(cfg: Config, r: redis.Redis, n: int, profile: bool) -> tuple[float
             profiler.disable()
         seconds = time.perf_counter() - started
         if profiler:
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+            pstats.Stats(profiler).sort_stats(sort).print_stats(25)
     finally:
         pusher.close()
     if result.sent != n or box.stats()["pending"]:
@@ -166,6 +168,8 @@ def main() -> None:
     parser.add_argument("--gatherer", choices=["python", "nginx"], default="python",
                         help="what answers the requests")
     parser.add_argument("--profile", action="store_true", help="cProfile the first push")
+    parser.add_argument("--profile-sort", default="cumulative", choices=["cumulative", "tottime"],
+                        help="order of the profile's functions")
     args = parser.parse_args()
     n = args.events
 
@@ -192,7 +196,7 @@ def main() -> None:
             push_rates, bare_rates = [], []
             for i in range(args.rounds):
                 enqueue(cfg, r, log, n)
-                seconds, urls = time_push(cfg, r, n, args.profile and i == 0)
+                seconds, urls = time_push(cfg, r, n, args.profile and i == 0, args.profile_sort)
                 push_rates.append(n / seconds)
                 bare_rates.append(n / time_bare(urls))
                 print(f"  round {i + 1}: push {push_rates[-1]:8.0f} events/s   "

@@ -147,8 +147,12 @@ def get_profile(name: str) -> Profile:
         raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}") from None
 
 
+_Parts = tuple[tuple[str, str | None], ...]  # a compiled template: (literal, variable) pairs
+_Plan = tuple[tuple[str, _Parts, tuple[tuple[str, _Parts], ...]], ...]
+
+
 @functools.lru_cache(maxsize=512)
-def _compile(template: str) -> tuple[tuple[str, str | None], ...]:
+def _compile(template: str) -> _Parts:
     """Split a template into ``(literal, variable)`` parts; raise :class:`TemplateError`."""
     parts: list[tuple[str, str | None]] = []
     try:
@@ -165,14 +169,33 @@ def _compile(template: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(parts)
 
 
-def _render(template: str, variables: Mapping[str, str]) -> str:
-    return "".join(
-        lit + (variables.get(name, "") if name else "") for lit, name in _compile(template)
+def _fill(parts: _Parts, variables: Mapping[str, str]) -> str:
+    if len(parts) == 1:  # most templates: one variable, or one literal
+        literal, name = parts[0]
+        return literal + variables.get(name, "") if name else literal
+    return "".join(lit + (variables.get(name, "") if name else "") for lit, name in parts)
+
+
+def _filled(parts: _Parts, variables: Mapping[str, str]) -> bool:
+    return all(not name or variables.get(name) for _, name in parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(fields: tuple[Field, ...]) -> tuple[frozenset[str], _Plan]:
+    """A profile's fields compiled once: the variables their templates use, and per field its
+    key, template parts and fallbacks' keys and parts."""
+    plan = tuple(
+        (f.key, _compile(f.template), tuple((k, _compile(t)) for k, t in f.fallback))
+        for f in fields
     )
-
-
-def _complete(template: str, variables: Mapping[str, str]) -> bool:
-    return all(not name or variables.get(name) for _, name in _compile(template))
+    used = frozenset(
+        name
+        for _, parts, fallback in plan
+        for each in (parts, *(p for _, p in fallback))
+        for _, name in each
+        if name
+    )
+    return used, plan
 
 
 def format_timestamp(ts: float) -> str:
@@ -202,12 +225,25 @@ def template_variables(
     defaults: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Return every template variable for one event; event values win over metadata ones."""
-    variables: dict[str, str] = dict(defaults or {})
-    variables["mime_type"] = _default_mime_type(event)
+    return _variables(event, repository_host, metadata, defaults, KNOWN_VARIABLES)
+
+
+def _variables(
+    event: UsageEvent,
+    repository_host: str,
+    metadata: Mapping[str, str] | None,
+    defaults: Mapping[str, str] | None,
+    used: frozenset[str],
+) -> dict[str, str]:
+    """:func:`template_variables`, leaving out the costlier ones no template in ``used``
+    needs (the guessed MIME type, the formatted time)."""
+    variables: dict[str, str] = dict(defaults) if defaults else {}
+    if "mime_type" in used:
+        variables["mime_type"] = _default_mime_type(event)
     if metadata:
         variables.update({k: str(v) for k, v in metadata.items() if v not in (None, "")})
     variables.update(
-        url_tim=format_timestamp(event.ts),
+        url_tim=format_timestamp(event.ts) if "url_tim" in used else "",
         ts=str(event.ts),
         ip=event.ip,
         user_agent=event.user_agent,
@@ -237,17 +273,13 @@ def build_kev(
         raise ValueError(f"profile {profile.name!r} has no KEV form; use build_xml")
     if overrides:
         profile = profile.with_overrides(overrides)
-    variables = template_variables(
-        event, repository_host=repository_host, metadata=metadata, defaults=profile.defaults
-    )
+    used, plan = _plan(profile.fields)
+    variables = _variables(event, repository_host, metadata, profile.defaults, used)
     pairs: list[tuple[str, str]] = []
-    for f in profile.fields:
-        key, template = f.key, f.template
-        if f.fallback and not _complete(template, variables):
-            key, template = next(
-                ((k, t) for k, t in f.fallback if _complete(t, variables)), (key, template)
-            )
-        pairs.append((key, _render(template, variables)))
+    for key, parts, fallback in plan:
+        if fallback and not _filled(parts, variables):
+            key, parts = next(((k, p) for k, p in fallback if _filled(p, variables)), (key, parts))
+        pairs.append((key, _fill(parts, variables)))
     return pairs
 
 

@@ -148,6 +148,27 @@ class Message:
         return cls(msg_id, gatherer, event, month, DeliveryMeta.from_json(meta))
 
 
+@dataclass
+class Claim:
+    """What a claim leased, and the gatherer's circuit breaker fields as the claim saw them
+    (empty when the claim did not look at the circuit)."""
+
+    messages: list[Message]
+    circuit: dict[str, str]
+
+
+def _queue_script(pipe: redis.client.Pipeline, source: str, keys: list[str],
+                  args: list[Any]) -> None:
+    """Queue a script call on a pipeline as EVAL with its source.
+
+    Called with ``client=pipe``, redis-py first asks the server with SCRIPT EXISTS, in a round
+    trip of its own on every ``execute()``, whether the script is loaded. Sending the source
+    instead costs a few kilobytes on the wire and a hash lookup in Redis (which keeps compiled
+    scripts by their SHA1), and never fails with NOSCRIPT.
+    """
+    pipe.eval(source, len(keys), *keys, *args)
+
+
 class Outbox:
     """One gatherer's outbox in Redis."""
 
@@ -157,8 +178,9 @@ class Outbox:
         k = {part: keys.outbox(gatherer, part) for part in
              ("msg", "pending", "inflight", "sent", "failed", "stats", "meta", "circuit")}
         self.keys = k
-        self._claim = r.register_script((_LUA / "claim.lua").read_text())
-        self._settle = r.register_script((_LUA / "settle.lua").read_text())
+        self._claim_source = (_LUA / "claim.lua").read_text()
+        self._settle_source = (_LUA / "settle.lua").read_text()
+        self._claim = r.register_script(self._claim_source)
         self._revive = r.register_script((_LUA / "revive.lua").read_text())
 
     # -- delivery ------------------------------------------------------------------------------
@@ -167,14 +189,35 @@ class Outbox:
         """Lease up to ``limit`` due messages; expired leases are reclaimed first."""
         now = time.time() if now is None else now
         k = self.keys
-        flat = self._claim(
+        reply = self._claim(
             keys=[k["pending"], k["inflight"], k["msg"], k["meta"]],
             args=[now, limit, now + lease_s],
         )
-        return [
+        return self.claimed(reply).messages
+
+    def claim_on(self, pipe: redis.client.Pipeline, limit: int, lease_s: float,
+                 now: float) -> None:
+        """Queue on ``pipe`` a claim that obeys the gatherer's circuit breaker; read its reply
+        with :meth:`claimed`.
+
+        The circuit is read inside the claim, so the decision uses the circuit as it is then,
+        whichever pusher set it: nothing is leased while the gatherer is paused (429) or its
+        circuit is open before the next probe time, and one message once a probe is due. Queued
+        behind the settling of the previous batch, both take one round trip.
+        """
+        k = self.keys
+        claim_keys = [k["pending"], k["inflight"], k["msg"], k["meta"], k["circuit"]]
+        _queue_script(pipe, self._claim_source, claim_keys, [now, limit, now + lease_s])
+
+    def claimed(self, reply: list[Any]) -> Claim:
+        """The messages and circuit fields of a claim script's reply."""
+        fields, flat = reply
+        circuit = {text(fields[i]): text(fields[i + 1]) for i in range(0, len(fields), 2)}
+        messages = [
             Message.parse(self.gatherer, text(flat[i]), flat[i + 1], flat[i + 2] or None)
             for i in range(0, len(flat), 3)
         ]
+        return Claim(messages, circuit)
 
     def reclaim_expired(self, now: float | None = None) -> None:
         """Return messages whose lease ran out to pending (a claim of nothing does it)."""
@@ -208,11 +251,10 @@ class Outbox:
         args: list[Any] = [now]
         for action, message, due, meta in outcomes:
             args += [action, message.id, message.month, due, meta.to_json() if meta else ""]
-        self._settle(
-            keys=[k["inflight"], k["pending"], k["msg"], k["sent"], k["failed"], k["stats"],
-                  k["meta"]],
-            args=args,
-            client=pipe,
+        _queue_script(
+            pipe, self._settle_source,
+            [k["inflight"], k["pending"], k["msg"], k["sent"], k["failed"], k["stats"], k["meta"]],
+            args,
         )
 
     # -- audit ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,12 +31,13 @@ from typing import Any
 import redis
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from pirus_bridge import keys
 from pirus_bridge.config import Config, GathererConfig, RetryConfig
 from pirus_bridge.contextobject import build_xml, get_profile, render_request
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.exceptions import DeliveryError
 from pirus_bridge.outbox import DeliveryMeta, Message, Outbox
-from pirus_bridge.sender import Sender
+from pirus_bridge.sender import Exchange, Sender
 from pirus_bridge.store import text
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,11 @@ class Circuit:
 
     @classmethod
     def load(cls, r: redis.Redis, key: str) -> Circuit:
-        raw = {text(k): text(v) for k, v in r.hgetall(key).items()}
+        return cls.from_fields({text(k): text(v) for k, v in r.hgetall(key).items()})
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[str, str]) -> Circuit:
+        """The circuit of a Redis hash's fields (a gatherer never paused has none)."""
         return cls(
             state=raw.get("state", "closed"),
             failures=int(raw.get("failures", 0)),
@@ -161,32 +166,38 @@ class Pusher:
 
     def push_once(self, max_seconds: float | None = None) -> PushResult:
         """Deliver what is due now, batch after batch, until nothing is due (or the circuit
-        opens, or ``max_seconds`` pass, or :attr:`stopping` is set)."""
+        opens, or ``max_seconds`` pass, or :attr:`stopping` is set).
+
+        Each batch costs one Redis round trip: the outcomes of a batch and the circuit are
+        queued on a pipeline and go to Redis together with the claim of the next batch.
+        """
         result = PushResult()
         started = self.clock()
         ckey = self.outbox.keys["circuit"]
-        while not self.stopping.is_set():
-            if max_seconds is not None and self.clock() - started > max_seconds:
-                break
-            now = self.clock()
-            circuit = Circuit.load(self.r, ckey)
-            result.circuit = circuit.state
-            if now < circuit.paused_until:
-                break
-            probing = circuit.state == "open"
-            if probing and now < circuit.next_probe:
-                break
-            limit = 1 if probing else self.claim_size()
-            batch = self.outbox.claim(limit, self.cfg.outbox.lease_s, now)
-            if not batch:
-                break
-            released = result.released
-            outcomes = self._deliver(batch)
-            self._settle(batch, outcomes, circuit, result)
-            circuit.save(self.r, ckey)
-            result.circuit = circuit.state
-            if result.released > released:
-                break  # paused (429) or down: what was held back waits for the next pass
+        pipe = self.r.pipeline(transaction=False)
+        try:
+            while not self.stopping.is_set():
+                if max_seconds is not None and self.clock() - started > max_seconds:
+                    break
+                self.outbox.claim_on(pipe, self.claim_size(), self.cfg.outbox.lease_s,
+                                     self.clock())
+                claim = self.outbox.claimed(pipe.execute()[-1])
+                circuit = Circuit.from_fields(claim.circuit)
+                result.circuit = circuit.state
+                batch = claim.messages
+                if not batch:
+                    break  # nothing due, or the gatherer is paused or not due for a probe
+                released = result.released
+                self._load_metadata(batch)
+                outcomes = self._deliver(batch)
+                self._settle(pipe, batch, outcomes, circuit, result)
+                circuit.save(pipe, ckey)
+                result.circuit = circuit.state
+                if result.released > released:
+                    break  # paused (429) or down: what was held back waits for the next pass
+        finally:
+            if len(pipe):  # the last batch's outcomes
+                pipe.execute()
         self.outbox.trim_sent(self.cfg.outbox.sent_audit_days * 86400, self.clock())
         return result
 
@@ -199,20 +210,60 @@ class Pusher:
                 outcomes += [self._send_xml(chunk)] * len(chunk)
             return outcomes
         if len(batch) == 1 or self.g.concurrency == 1:
-            return [self._send_one(m) for m in batch]
+            return self._deliver_in_turn(batch)
         return list(self._pool.map(self._send_one, batch))
 
+    def _deliver_in_turn(self, batch: list[Message]) -> list[DeliveryError | None]:
+        """Send the messages one after the other, rendering each next one while the gatherer
+        answers the one before. One request at a time is in flight (no HTTP pipelining), so
+        every outcome is exactly that message's."""
+        outcomes: list[DeliveryError | None] = []
+        url = self._url_of(batch[0])
+        for i, message in enumerate(batch):
+            started = url if isinstance(url, DeliveryError) else self._start(message, url)
+            if i + 1 < len(batch):
+                url = self._url_of(batch[i + 1])
+            outcomes.append(self._finish(message, started))
+        return outcomes
+
     def _send_one(self, message: Message) -> DeliveryError | None:
+        url = self._url_of(message)
+        if isinstance(url, DeliveryError):
+            return url
+        return self._finish(message, self._start(message, url))
+
+    def _url_of(self, message: Message) -> str | DeliveryError:
+        """The request URL of a message, or why it cannot be sent."""
         if message.event is None:
             return DeliveryError("message has no event (corrupt)", retryable=False)
+        try:
+            return str(self.render(message.event)["url"])
+        except Exception as e:  # a bug must not lose the message: record it and move on
+            log.exception("unexpected error rendering %s", message.id)
+            return DeliveryError(f"internal error: {e}", retryable=True)
+
+    def _start(self, message: Message, url: str) -> Exchange | DeliveryError:
+        """Send the request of a message (waiting for the rate limit first)."""
         self.limiter.acquire()
         try:
-            request = self.render(message.event)
-            self.sender.send(request["url"])
+            return self.sender.start(url)
+        except DeliveryError as e:
+            return e
+        except Exception as e:  # as in _url_of: record it, never lose the message
+            log.exception("unexpected error delivering %s", message.id)
+            return DeliveryError(f"internal error: {e}", retryable=True)
+
+    def _finish(self, message: Message, started: Exchange | DeliveryError
+                ) -> DeliveryError | None:
+        """The outcome of a message: wait for the gatherer's answer to a started exchange."""
+        if isinstance(started, DeliveryError):
+            return started
+        try:
+            started.result()
             return None
         except DeliveryError as e:
             return e
-        except Exception as e:  # a bug must not lose the message: record it and move on
+        except Exception as e:  # as in _url_of: record it, never lose the message
             log.exception("unexpected error delivering %s", message.id)
             return DeliveryError(f"internal error: {e}", retryable=True)
 
@@ -244,24 +295,40 @@ class Pusher:
         """Template variables from the item's cached metadata (DOI, MIME type, title)."""
         cached = self._metadata.get(item)
         if cached is None:
-            from pirus_bridge import keys
-
-            raw = self.r.hget(keys.metadata(item), "json")
-            cached = {}
-            if raw:
-                data = json.loads(raw)
-                for name in ("doi", "mime_type", "title", "version"):
-                    if isinstance(data.get(name), str):
-                        cached[name] = data[name]
-            if len(self._metadata) > 10_000:
-                self._metadata.clear()
-            self._metadata[item] = cached
+            cached = self._remember_metadata(item, self.r.hget(keys.metadata(item), "json"))
         return cached
+
+    def _load_metadata(self, batch: list[Message]) -> None:
+        """Fetch the metadata of a batch's items not seen before in one round trip, rather
+        than one per item as :meth:`render` would."""
+        items = list({m.event.item for m in batch
+                      if m.event is not None and m.event.item not in self._metadata})
+        if not items:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for item in items:
+            pipe.hget(keys.metadata(item), "json")
+        for item, raw in zip(items, pipe.execute(), strict=True):
+            self._remember_metadata(item, raw)
+
+    def _remember_metadata(self, item: str, raw: bytes | str | None) -> dict[str, str]:
+        variables: dict[str, str] = {}
+        if raw:
+            data = json.loads(raw)
+            for name in ("doi", "mime_type", "title", "version"):
+                if isinstance(data.get(name), str):
+                    variables[name] = data[name]
+        if len(self._metadata) > 10_000:
+            self._metadata.clear()
+        self._metadata[item] = variables
+        return variables
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _settle(self, batch: list[Message], outcomes: list[DeliveryError | None],
-                circuit: Circuit, result: PushResult) -> None:
+    def _settle(self, pipe: redis.client.Pipeline, batch: list[Message],
+                outcomes: list[DeliveryError | None], circuit: Circuit,
+                result: PushResult) -> None:
+        """Queue the batch's outcomes on ``pipe`` and update ``circuit`` (SPEC §6)."""
         now = self.clock()
         cfg = self.g.circuit
         settled: list[tuple[str, Message, float, DeliveryMeta | None]] = []
@@ -318,9 +385,7 @@ class Pusher:
             if circuit.state == "open":
                 log.warning("gatherer %s is back; resuming delivery", self.g.name)
             circuit.state, circuit.failures = "closed", 0
-        pipe = self.r.pipeline(transaction=False)
         self.outbox.settle_many(pipe, settled, now=now)
-        pipe.execute()
 
 
 def _gatherer_wide(error: DeliveryError) -> bool:

@@ -18,7 +18,7 @@ import redis
 from pirus_bridge.config import Config
 from pirus_bridge.counter import event_to_json
 from pirus_bridge.events import MetricType, UsageEvent
-from pirus_bridge.outbox import DeliveryMeta, Message, Outbox, message_json
+from pirus_bridge.outbox import Claim, DeliveryMeta, Message, Outbox, message_json
 from tests.delivery_support import delivery_config, enqueue, outbox_dump, usage_lines
 
 URL = "http://127.0.0.1:9/counter/"  # never contacted here
@@ -292,3 +292,74 @@ def test_message_parse_reads_compact_and_earlier_bodies() -> None:
     assert Message.parse("irus", "m1", earlier).month == "2026-10"
     no_oai = Message.parse("irus", "m2", message_json(replace(event, oai_identifier=None)))
     assert no_oai.event is not None and no_oai.event.oai_identifier is None
+
+
+# -- claims queued on a pipeline, obeying the circuit breaker ---------------------------------
+
+
+def claim_on(box: Outbox, limit: int, now: float, lease_s: float = 60) -> Claim:
+    pipe = box.r.pipeline(transaction=False)
+    box.claim_on(pipe, limit, lease_s, now)
+    return box.claimed(pipe.execute()[-1])
+
+
+@pytest.mark.parametrize(
+    ("circuit", "leased"),
+    [
+        ({}, 4),  # never paused: no circuit hash at all
+        ({"state": "closed", "failures": "2", "next_probe": "0", "paused_until": "0"}, 4),
+        ({"state": "closed", "paused_until": "+100"}, 0),  # a 429's Retry-After is running
+        ({"state": "closed", "paused_until": "-1"}, 4),  # … and is over
+        ({"state": "open", "next_probe": "+30"}, 0),  # down, no probe due yet
+        ({"state": "open", "next_probe": "-1"}, 1),  # down, a probe is due: one message
+        ({"state": "open", "next_probe": "-1", "paused_until": "+5"}, 0),
+    ],
+)
+def test_outbox_claim_on_obeys_the_circuit(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path, circuit: dict[str, str],
+    leased: int,
+) -> None:
+    enqueue(cfg, r, tmp_path, 6)
+    now = later()
+    fields = {k: str(now + float(v)) if v[:1] in "+-" else v for k, v in circuit.items()}
+    if fields:
+        r.hset(box.keys["circuit"], mapping=fields)
+    claim = claim_on(box, 4, now)
+    assert len(claim.messages) == leased
+    assert claim.circuit == fields
+    assert box.stats(now)["in_flight"] == leased
+    assert all(m.event is not None for m in claim.messages)
+
+
+def test_outbox_claim_on_settles_and_claims_in_one_round_trip(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    enqueue(cfg, r, tmp_path, 5)
+    t0 = later()
+    first = claim_on(box, 2, t0).messages
+    pipe = r.pipeline(transaction=False)
+    box.settle_many(pipe, [("sent", m, 0.0, None) for m in first], now=t0)
+    box.claim_on(pipe, 10, 60, t0)
+    applied, reply = pipe.execute()
+    assert applied == [1, 1]
+    rest = box.claimed(reply).messages
+    assert len(rest) == 3 and not {m.id for m in rest} & {m.id for m in first}
+    assert box.month_counts(MONTH)["sent"] == 2
+
+
+def test_outbox_claim_of_thousands_and_missing_bodies(r: redis.Redis, box: Outbox) -> None:
+    """A claim bigger than Lua can unpack in one call; ids whose body is gone are dropped."""
+    event = UsageEvent(1_792_000_000, "7", "oai:x:7", MetricType.REQUEST, "https://x/7/a.pdf",
+                       "192.0.2.1", "Mozilla", "-", 200)
+    ids = [f"m{i:05d}" for i in range(2500)]
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(box.keys["msg"], mapping={i: message_json(event) for i in ids if i != "m01234"})
+    pipe.hset(box.keys["meta"], "m00007", DeliveryMeta(attempts=3).to_json())
+    pipe.zadd(box.keys["pending"], dict.fromkeys(ids, 1.0))
+    pipe.execute()
+    claimed = box.claim(3000, 60, now=2.0)
+    assert [m.id for m in claimed] == [i for i in ids if i != "m01234"]
+    assert {m.id: m.meta.attempts for m in claimed if m.meta.attempts} == {"m00007": 3}
+    assert r.zcard(box.keys["pending"]) == 0
+    assert r.zcard(box.keys["inflight"]) == 2499
+    assert set(r.zrange(box.keys["inflight"], 0, -1, withscores=True)[-1:]) == {(b"m02499", 62.0)}

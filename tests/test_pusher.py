@@ -6,16 +6,19 @@ the only real waiting is the gatherer's own scripted delays.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import redis
 from lxml import etree
 
+from pirus_bridge import keys
 from pirus_bridge.config import Config, RetryConfig
 from pirus_bridge.contextobject import CTX_NS
 from pirus_bridge.outbox import Outbox
@@ -338,8 +341,6 @@ def test_pusher_render_is_the_request_sent(rig_factory: Any, gatherer: Gatherer)
     assert request["method"] == "GET" and request["url"].startswith(gatherer.url + "?")
     rig.push()
     [received] = gatherer.requests
-    from urllib.parse import parse_qsl, urlsplit
-
     assert dict(parse_qsl(urlsplit(request["url"]).query, keep_blank_values=True)) == \
         received.query
 
@@ -456,3 +457,116 @@ def test_retry_policy_backs_off_exponentially_with_jitter(
                                      max_backoff_s=maximum))
     delays = [policy.delay(attempt) for _ in range(50)]
     assert all(low <= d <= high for d in delays)
+
+
+# -- one message at a time, the next rendered while the gatherer answers ----------------------
+
+
+def _ids_by_event(rig: Rig) -> dict[Any, str]:
+    """Message id per event as the gatherer will see it (the claim order is Redis's)."""
+    ids = [i for i, _ in rig.box.ids("pending", 1000)]
+    by_event = {}
+    for msg_id, message in rig.box.messages(ids).items():
+        url = rig.pusher.render(message.event)["url"]
+        by_event[event_key(dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)))] = msg_id
+    return by_event
+
+
+def test_pusher_in_turn_each_outcome_is_its_own_messages(
+    rig_factory: Any, gatherer: Gatherer, clock: FakeClock
+) -> None:
+    """With concurrency 1 a batch goes out one request at a time while the next message is
+    rendered: every answer must land on the message it answered."""
+    rig = rig_factory(concurrency=1)
+    rig.enqueue(6)
+    by_event = _ids_by_event(rig)
+    # The 4th request finds its kept-alive connection closed before any answer: it goes once
+    # more, on a new connection, and gets the next reply.
+    gatherer.script([200, Reply(500, body="oops"), Reply(404, body="gone"), CLOSE, 200, 503])
+    result = rig.push()
+    assert (result["sent"], result["retried"], result["failed"]) == (3, 2, 1)
+    order = [by_event[event_key(q.query)] for q in gatherer.requests]
+    assert len(order) == 7 and order[3] == order[4]
+    first, server_error, gone, dropped, unavailable, last = (order[i] for i in (0, 1, 2, 3, 5, 6))
+    assert len({first, server_error, gone, dropped, unavailable, last}) == 6
+    assert {i for i, _ in rig.box.ids("sent")} == {first, dropped, last}
+    assert [i for i, _ in rig.box.ids("failed")] == [gone]
+    assert rig.box.get(gone).meta.body_excerpt == "gone"  # type: ignore[union-attr]
+    retried = {i: rig.box.get(i).meta for i, _ in rig.box.ids("pending")}  # type: ignore[union-attr]
+    assert {i: (m.attempts, m.last_status) for i, m in retried.items()} == {
+        server_error: (1, 500), unavailable: (1, 503)}
+    assert retried[server_error].body_excerpt == "oops"
+    assert result["circuit"] == "closed"
+
+
+def test_pusher_in_turn_a_message_that_cannot_be_rendered_costs_no_other(
+    rig_factory: Any, gatherer: Gatherer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = rig_factory(concurrency=1)
+    rig.enqueue(4)
+    render = rig.pusher.render
+    calls = []
+
+    def flaky_render(event: Any) -> dict[str, Any]:
+        calls.append(event)
+        if len(calls) == 2:
+            raise RuntimeError("template bug")
+        return render(event)
+
+    monkeypatch.setattr(rig.pusher, "render", flaky_render)
+    result = rig.push()
+    assert (result["sent"], result["retried"]) == (3, 1)
+    assert result["errors"] == {"internal error: template bug": 1}
+    assert gatherer.received == 3
+
+
+def test_pusher_in_turn_a_corrupt_message_goes_to_the_failure_queue(
+    rig_factory: Any, gatherer: Gatherer, r: redis.Redis
+) -> None:
+    rig = rig_factory(concurrency=1)
+    rig.enqueue(3)
+    corrupt = rig.box.ids("pending")[1][0]
+    r.hset(rig.box.keys["msg"], corrupt, "{}")
+    result = rig.push()
+    assert (result["sent"], result["failed"]) == (2, 1)
+    assert [i for i, _ in rig.box.ids("failed")] == [corrupt]
+    assert gatherer.received == 2
+
+
+def test_pusher_reads_a_batchs_item_metadata_in_one_pipeline(
+    rig_factory: Any, gatherer: Gatherer, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = rig_factory(concurrency=1, profile="pirus2-legacy")
+    rig.enqueue(7)  # items 100 … 106
+    r.hset(keys.metadata("100"), "json", json.dumps({"doi": "10.1234/a", "mime_type": "x/y"}))
+
+    def one_by_one(*args: Any) -> None:
+        raise AssertionError("metadata fetched one item per round trip")
+
+    monkeypatch.setattr(rig.pusher.r, "hget", one_by_one)
+    assert rig.push()["sent"] == 7
+    with_doi = [q.query for q in gatherer.requests if "rft_id" in q.query]
+    assert [(q["rft_id"], q["svc_format"]) for q in with_doi] == [("info:doi:10.1234/a", "x/y")]
+    others = [q.query for q in gatherer.requests if "rft_id" not in q.query]
+    assert len(others) == 6 and all(q["rft.artnum"].startswith("oai:") for q in others)
+
+
+def test_pusher_obeys_a_circuit_opened_by_another_pusher(
+    rig_factory: Any, gatherer: Gatherer, clock: FakeClock
+) -> None:
+    """The circuit lives in Redis: what one pusher decided, the claims of every other obey."""
+    rig = rig_factory()
+    rig.enqueue(3)
+    Circuit(state="open", failures=5, next_probe=clock() + 60).save(rig.r,
+                                                                    rig.box.keys["circuit"])
+    assert rig.push() | {"errors": {}} == {"sent": 0, "retried": 0, "failed": 0, "released": 0,
+                                           "circuit": "open", "errors": {}}
+    assert gatherer.received == 0 and rig.stats()["in_flight"] == 0
+    clock.advance(60)  # a probe is due: one message, then the rest once it got through
+    result = rig.push()
+    assert (result["sent"], result["circuit"]) == (3, "closed")
+    Circuit(paused_until=clock() + 30).save(rig.r, rig.box.keys["circuit"])
+    rig.enqueue(2, first_item=300)
+    assert rig.push()["sent"] == 0
+    clock.advance(31)
+    assert rig.push()["sent"] == 2
