@@ -161,10 +161,6 @@ class ReorderBuffer:
         self._heap.clear()
         return out
 
-    def held(self) -> list[UsageEvent]:
-        """The held events in release order, without removing them."""
-        return [e for _, _, e in sorted(self._heap)]
-
     def held_json(self) -> list[str]:
         """Each held event as compact JSON (:func:`event_to_json`), in release order, for
         checkpoints. An event is encoded once while it is held, not at every checkpoint."""
