@@ -103,7 +103,7 @@ def timed(cmd: list[str], **kwargs: object) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--runs", type=int, default=3, help="runs of each side (default 3)")
+    ap.add_argument("--runs", type=int, default=5, help="runs of each side (default 5)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
