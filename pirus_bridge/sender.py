@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NoReturn
 from urllib.parse import urljoin, urlsplit
 
 from pirus_bridge import __version__
@@ -523,15 +524,9 @@ class Sender:
         conn = self._connect(origin)
         try:
             conn.sock.sendall(request)
-        except TimeoutError as e:
+        except BaseException as e:
             conn.close()
-            raise DeliveryError(f"read timeout after {self.read_timeout:g}s") from e
-        except OSError as e:
-            conn.close()
-            raise DeliveryError(_describe_exchange_error(e)) from e
-        except BaseException:
-            conn.close()
-            raise
+            self._raise_as_delivery_error(e)
         return conn
 
     def _read(self, method: str, conn: _Connection, origin: Origin, request: bytes) -> _Answer:
@@ -548,27 +543,28 @@ class Sender:
                 conn.close()
                 conn = self._send_on_new_connection(origin, request)
                 answer, keep_alive = conn.read_answer(method)
-        except TimeoutError as e:
+        except BaseException as e:
             conn.close()
-            raise DeliveryError(f"read timeout after {self.read_timeout:g}s") from e
-        except _Dropped as e:
-            conn.close()
-            raise DeliveryError(e.reason) from e
-        except _BadResponse as e:
-            conn.close()
-            raise DeliveryError(f"bad HTTP response: {e}") from e
-        except OSError as e:
-            conn.close()
-            raise DeliveryError(_describe_exchange_error(e)) from e
-        except BaseException:
-            conn.close()
-            raise
+            self._raise_as_delivery_error(e)
         conn.exchanges += 1
         if keep_alive:
             self._checkin(origin, conn)
         else:
             conn.close()
         return answer
+
+    def _raise_as_delivery_error(self, exc: BaseException) -> NoReturn:
+        """Raise what went wrong in an exchange as a (retryable) ``DeliveryError``; anything
+        that is not a network or protocol failure (a bug, ``KeyboardInterrupt``) as it is."""
+        if isinstance(exc, TimeoutError):
+            raise DeliveryError(f"read timeout after {self.read_timeout:g}s") from exc
+        if isinstance(exc, _Dropped):
+            raise DeliveryError(exc.reason) from exc
+        if isinstance(exc, _BadResponse):
+            raise DeliveryError(f"bad HTTP response: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise DeliveryError(_describe_exchange_error(exc)) from exc
+        raise exc
 
     # -- the pool ------------------------------------------------------------------------------
 
