@@ -21,6 +21,7 @@ and releases held events older than the reorder window by the wall clock.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -28,7 +29,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,10 +48,15 @@ __all__ = ["Ingester", "IngestSummary", "UnparsedSample", "FileCheckpoint"]
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 5
-SWITCH_INTERVAL_S = 0.0005  # GIL switch interval while a writer thread runs (see _Writer)
-# The loop allocates records, events and cache entries by the million, and many of them live
-# for a batch or longer: with the default threshold (700) the collector ran ~900 times per
-# million lines and took ~13% of the run. The loop makes no reference cycles of its own.
+# While the bulk loop runs (see _tuned_interpreter):
+# - the GIL switch interval: the writer thread needs the GIL for a moment each time Redis
+#   answers; by default it waits up to 5 ms for the busy main thread to let go, several times
+#   per batch, and Redis idles meanwhile. A short interval keeps Redis busy.
+# - the cyclic collector's young-generation threshold: the loop allocates records, events and
+#   cache entries by the million, and many live for a batch or longer; with the default (700)
+#   the collector ran ~900 times per million lines and took ~13% of the run. The loop makes no
+#   reference cycles of its own.
+SWITCH_INTERVAL_S = 0.0005
 GC_YOUNG_THRESHOLD = 20_000
 Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None)
 Blocks = Iterable[Block | None]  # runs of lines, or None when the source is idle
@@ -164,6 +170,12 @@ class Ingester:
         """The bulk loop: count the lines of ``blocks`` into Redis, committing every batch
         (and whenever the source is idle) together with ``checkpoint``. At the end, held events
         are counted too when ``drain`` is set (a finished file), else kept in the checkpoint."""
+        with _tuned_interpreter():
+            self._run(blocks, checkpoint, buffer, s, name, on_batch, drain)
+
+    def _run(self, blocks: Blocks, checkpoint: Checkpoint | None, buffer: ReorderBuffer,
+             s: IngestSummary, name: str, on_batch: Callable[[], None] | None,
+             drain: bool) -> None:
         for g in self.gatherers:
             s.enqueued.setdefault(g.name, 0)
         sort = self.chain.sort
@@ -175,8 +187,6 @@ class Ingester:
         n = 0  # lines since the last commit
         offset = lineno = 0
         writer = _Writer(s)
-        gc_threshold = gc.get_threshold()
-        gc.set_threshold(max(gc_threshold[0], GC_YOUNG_THRESHOLD), *gc_threshold[1:])
 
         def commit(final: bool = False) -> None:
             nonlocal released, n, counts
@@ -221,8 +231,6 @@ class Ingester:
         except BaseException:
             writer.abandon()
             raise
-        finally:
-            gc.set_threshold(*gc_threshold)
         writer.close()
 
     def _prepare(
@@ -243,6 +251,34 @@ class Ingester:
         if checkpoint is not None:
             checkpoint.write(pipe, offset, lineno, buffer.held_json())
         return _Batch(pipe, prepared, counts)
+
+
+_tuning_lock = threading.Lock()
+_tuning_runs = 0
+_tuning_saved: tuple[float, tuple[int, ...]] = (0.005, (700, 10, 10))
+
+
+@contextlib.contextmanager
+def _tuned_interpreter() -> Iterator[None]:
+    """Set the switch interval and collector threshold above for the bulk loop, and put them
+    back after. Runs can overlap (``serve`` follows several files, each in a thread): the first
+    run in sets them, the last one out restores them."""
+    global _tuning_runs, _tuning_saved
+    with _tuning_lock:
+        if _tuning_runs == 0:
+            switch, threshold = sys.getswitchinterval(), gc.get_threshold()
+            _tuning_saved = (switch, threshold)
+            sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+            gc.set_threshold(max(threshold[0], GC_YOUNG_THRESHOLD), *threshold[1:])
+        _tuning_runs += 1
+    try:
+        yield
+    finally:
+        with _tuning_lock:
+            _tuning_runs -= 1
+            if _tuning_runs == 0:
+                sys.setswitchinterval(_tuning_saved[0])
+                gc.set_threshold(*_tuning_saved[1])
 
 
 @dataclass
@@ -269,11 +305,6 @@ class _Writer:
         self.error: BaseException | None = None
         self._queue: queue.Queue[_Batch | None] = queue.Queue(depth)
         self._thread = threading.Thread(target=self._loop, name="ingest-writer", daemon=True)
-        # The writer needs the GIL for a moment each time Redis answers; by default it waits up
-        # to 5 ms for the busy main thread to let go, several times per batch, and then Redis
-        # idles. A short switch interval keeps Redis busy; it is restored when the run ends.
-        self._switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch, SWITCH_INTERVAL_S))
         self._thread.start()
 
     def submit(self, batch: _Batch | None) -> None:
@@ -286,7 +317,6 @@ class _Writer:
         """Wait until every submitted batch is committed; raise the writer's error if any."""
         self._put(None)
         self._thread.join()
-        sys.setswitchinterval(self._switch)
         if self.error is not None:
             raise self.error
 
@@ -296,8 +326,6 @@ class _Writer:
             self._put(None)
         except BaseException:  # the writer failed too; the main thread's error wins
             return
-        finally:
-            sys.setswitchinterval(self._switch)
         self._thread.join()
         if self.error is not None:
             log.error("ingest writer failed while stopping: %s", self.error)

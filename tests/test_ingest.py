@@ -161,3 +161,22 @@ def test_ingest_sigkill_then_rerun_equals_one_clean_run(
     rerun = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=True)
     assert json.loads(rerun.stdout)["lines"] < clean_summary["lines"]
     assert snapshot(r, ("c:*", "dly:*", "u:*", "t:*", "d[vd]:*", "ob:*")) == expected
+
+
+def test_overlapping_runs_restore_the_interpreter_settings_when_the_last_one_ends() -> None:
+    import gc
+    import sys
+
+    from pirus_bridge.ingest import GC_YOUNG_THRESHOLD, SWITCH_INTERVAL_S, _tuned_interpreter
+
+    before = (sys.getswitchinterval(), gc.get_threshold())
+    first, second = _tuned_interpreter(), _tuned_interpreter()
+    first.__enter__()
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
+    assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
+    second.__enter__()  # a second followed file, say
+    first.__exit__(None, None, None)  # the first run ends while the second goes on
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
+    assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
+    second.__exit__(None, None, None)
+    assert (sys.getswitchinterval(), gc.get_threshold()) == before
