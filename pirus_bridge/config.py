@@ -137,6 +137,32 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``serve``'s HTTP face (COUNTER API, health, metrics, dashboard); off without ``listen``."""
+
+    listen: str | None = None  # host:port, e.g. 127.0.0.1:8710 ([::1]:8710 for IPv6)
+    tls_cert_file: Path | None = None  # serve HTTPS directly with this certificate chain
+    tls_key_file: Path | None = None
+
+    def host_port(self) -> tuple[str, int]:
+        if self.listen is None:
+            raise ValueError("http.listen is not set")
+        return parse_listen(self.listen)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as a pair; ValueError with a readable reason."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text)
+    if not m:
+        raise ValueError(f"must be host:port (e.g. 127.0.0.1:8710), not {text!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if port > 65535:
+        raise ValueError(f"port must be at most 65535, not {port}")
+    return host, port
+
+
+@dataclass(frozen=True)
 class Config:
     repository: RepositoryConfig
     redis: RedisConfig = RedisConfig()
@@ -147,6 +173,7 @@ class Config:
     gatherers: Mapping[str, GathererConfig] = field(default_factory=dict)
     outbox: OutboxConfig = OutboxConfig()
     live: LiveConfig = LiveConfig()
+    http: HttpConfig = HttpConfig()
     source: Path | None = None
 
 
@@ -464,6 +491,28 @@ def _read_live(s: _Section, base: Path) -> LiveConfig:
     return live
 
 
+def _read_http(s: _Section, base: Path) -> HttpConfig:
+    def listen(value: Any) -> str:
+        text = _string(value)
+        parse_listen(text)
+        return text
+
+    cert = s.get("tls_cert_file", _string, None)
+    key = s.get("tls_key_file", _string, None)
+    h = HttpConfig(
+        listen=s.get("listen", listen, None),
+        tls_cert_file=base / cert if cert else None,
+        tls_key_file=base / key if key else None,
+    )
+    for name, path in (("tls_cert_file", h.tls_cert_file), ("tls_key_file", h.tls_key_file)):
+        if path is not None and not path.is_file():
+            s.problem(name, f"no such file: {path}")
+    if h.tls_key_file is not None and h.tls_cert_file is None:
+        s.problem("tls_key_file", "needs tls_cert_file too")
+    s.finish()
+    return h
+
+
 def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem."""
     problems: list[Problem] = []
@@ -486,6 +535,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
             gatherers[str(name)] = g
     outbox = _read_outbox(top.section("outbox"))
     live = _read_live(top.section("live"), base)
+    http = _read_http(top.section("http"), base)
     top.finish()
     if problems or repository is None:
         raise ConfigError(problems, source=source)
@@ -499,6 +549,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         gatherers=gatherers,
         outbox=outbox,
         live=live,
+        http=http,
         source=Path(source) if source else None,
     )
 

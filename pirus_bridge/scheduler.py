@@ -56,9 +56,23 @@ class Service:
 
             self.workers = [make_worker(role, cfg, r)
                             for role in ("classifier", "counter", "logger")]
+        self.http: Any = None
+        if cfg.http.listen:
+            from pirus_bridge.web import WebContext, create_app
+            from pirus_bridge.web.server import HttpServer
+
+            self.http = HttpServer(create_app(WebContext(cfg, r, self.components)), cfg.http)
+
+    def components(self) -> dict[str, bool]:
+        """Whether each long-running part is alive (for ``/readyz``)."""
+        alive = {f"thread:{t.name}": t.is_alive() for t in self.threads}
+        alive["scheduler"] = bool(self.scheduler.running)
+        return alive
 
     def describe(self) -> str:
         parts = [f"{len(self.pushers)} gatherer(s)"]
+        if self.http is not None:
+            parts.append(f"HTTP on {self.cfg.http.listen}")
         if self.tails:
             parts.append("tailing " + ", ".join(str(p) for p in self.tails))
         if self.workers:
@@ -118,10 +132,14 @@ class Service:
             self.threads.append(threading.Thread(target=w.run, name=f"worker:{w.role}"))
         for thread in self.threads:
             thread.start()
+        if self.http is not None:
+            self.http.start()
         log.info("serving: %s", self.describe())
 
     def stop(self) -> None:
         """Let every pusher finish and settle its batch, then shut down."""
+        if self.http is not None:
+            self.http.stop()
         for p in self.pushers:
             p.stopping.set()
         self.stopped.set()
