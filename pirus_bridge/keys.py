@@ -52,6 +52,11 @@ Processing
     ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset,
                                     line and held events (``pirus_bridge.tail``)
     ``u:dropped``                   lines the logging handler had to drop (``loghandler``)
+    ``sources``                     set of the names of log sources read so far
+    ``src:<name>``                  hash: a source's freshness: ``kind`` (``ingest`` | ``tail``
+                                    | ``queue``), ``path``, ``read_at`` (epoch s, wall clock,
+                                    when a line was last read), ``event_ts`` (newest event time
+                                    read), ``lines`` (lines read in all)
 
 Elsewhere, with their own module's docstring
     ``ob:{gatherer}:…``             the outbox (``pirus_bridge.outbox``)
@@ -152,6 +157,14 @@ def totals(item: str, kind: str) -> str:
 def day_state(day: str, item: str) -> str:
     """``YYYY-MM-DD:{item}``: the item's dedupe hash for one UTC day (fields in the module doc)."""
     return f"{day}:{tag(item)}"
+
+
+SOURCES = "sources"
+
+
+def source_status(name: str) -> str:
+    """``src:<name>``: a log source's freshness (fields in the module doc)."""
+    return f"src:{name}"
 
 
 def ingest_checkpoint(fingerprint: str) -> str:

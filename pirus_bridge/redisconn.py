@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -13,6 +11,7 @@ from redis.retry import Retry
 
 from pirus_bridge.config import RedisConfig
 from pirus_bridge.exceptions import RedisUnavailable
+from pirus_bridge.redact import redact_url as redact
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +21,6 @@ NO_RETRY = Retry(NoBackoff(), 0)
 
 # The embedded server keeps an append-only file so a crash loses at most a second of writes.
 EMBEDDED_SETTINGS = {"appendonly": "yes", "appendfsync": "everysec", "save": ""}
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for messages and logs)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def connect(cfg: RedisConfig, *, check: bool = True) -> redis.Redis:
