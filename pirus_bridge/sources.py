@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import lzma
 import os
@@ -34,10 +33,10 @@ from typing import BinaryIO
 
 from pirus_bridge.exceptions import InputError
 
-__all__ = ["FINGERPRINT_BYTES", "Block", "LogSource", "detect_compression", "open_log"]
+__all__ = ["HEAD_BYTES", "Block", "LogSource", "detect_compression", "open_log"]
 
 CHUNK_SIZE = 1 << 20
-FINGERPRINT_BYTES = 8192
+HEAD_BYTES = 65536  # how much of a file's start :meth:`LogSource.head` reads
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 _READ_ERRORS = (OSError, EOFError, lzma.LZMAError)
 
@@ -122,6 +121,17 @@ class Block:
         return f"Block(lineno={self.lineno}, offset={self.offset}, lines={len(self.texts)})"
 
 
+def _read_upto(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
+    out = bytearray()
+    while len(out) < n:
+        more = stream.read(n - len(out))
+        if not more:
+            break
+        out += more
+    return bytes(out)
+
+
 def _decode(raw: bytes) -> str:
     """A line's bytes as text: UTF-8 with replacement, without a ``\\r`` before the newline."""
     if raw[-1:] == b"\r":
@@ -150,7 +160,7 @@ class LogSource:
         self._lineno = 0  # lines before self._offset
         self._raw_read = 0  # bytes read, for position() when raw cannot tell()
         self._started = False
-        self._fingerprint: str | None = None
+        self._head: bytes | None = None
         self.size_hint: int | None = None
         try:
             st = os.fstat(raw.fileno())
@@ -173,31 +183,53 @@ class LogSource:
                 pass
         return self._raw_read
 
-    def fingerprint(self) -> str | None:
-        """SHA-1 hex of the first 8 KiB of the decompressed content; ``None`` for stdin.
+    def head(self) -> bytes | None:
+        """The first 64 KiB of the decompressed content (less if shorter); ``None`` for stdin.
 
-        The same content gives the same fingerprint plain or compressed, and it does not change
-        as the file grows past 8 KiB (a shorter file's fingerprint does change as it grows).
-        It is read through a second handle, so it does not disturb iteration.
+        The same content gives the same head, plain or compressed. It is read through a second
+        handle, so it does not disturb iteration.
         """
         if self.path is None:
             return None
-        if self._fingerprint is None:
+        if self._head is None:
             raw = _open_raw(self.path)
             try:
                 stream = _decompressor(raw, detect_compression(_peek(raw, 8)))
-                head = b""
-                while len(head) < FINGERPRINT_BYTES:
-                    more = stream.read(FINGERPRINT_BYTES - len(head))
-                    if not more:
-                        break
-                    head += more
+                self._head = _read_upto(stream, HEAD_BYTES)
             except _READ_ERRORS as e:
                 raise InputError(f"{self.name}: cannot read: {e}") from e
             finally:
                 raw.close()
-            self._fingerprint = hashlib.sha1(head).hexdigest()
-        return self._fingerprint
+        return self._head
+
+    def lines_before(self, offset: int, count: int) -> list[str]:
+        """The text of the (up to) ``count`` lines that end at byte ``offset`` of the
+        decompressed content, as iteration would give them. Raises :class:`InputError` when
+        the content is shorter than ``offset`` or ``offset`` is not at the end of a line."""
+        if self._started:
+            raise InputError(f"{self.name}: cannot look back after reading has started")
+        self._started = True
+        start = max(0, offset - CHUNK_SIZE)
+        if self.seekable:
+            self._raw.seek(start)
+        else:
+            skipped = 0
+            while skipped < start:
+                chunk = self._read(min(CHUNK_SIZE, start - skipped))
+                if not chunk:
+                    raise InputError(f"{self.name}: shorter than offset {offset}")
+                skipped += len(chunk)
+        data = _read_upto(self._stream, offset - start)
+        if len(data) < offset - start:
+            raise InputError(f"{self.name}: shorter than offset {offset}")
+        if data and data[-1:] != b"\n" and self._stream.read(1):
+            raise InputError(f"{self.name}: offset {offset} is not at the end of a line")
+        pieces = data.split(b"\n")
+        if data[-1:] == b"\n":
+            pieces.pop()
+        if start > 0:
+            pieces = pieces[1:]  # the window's first line may be cut
+        return [_decode(p) for p in pieces[-count:]] if count else []
 
     def skip_to(self, offset: int, lineno: int | None = None) -> None:
         """Resume at byte ``offset`` of the decompressed stream (an ``offset_after`` seen before).

@@ -1,4 +1,4 @@
-"""Log sources: plain and compressed files, stdin, offsets, resume, fingerprints, errors."""
+"""Log sources: plain and compressed files, stdin, offsets, resume, heads, look-back, errors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from pirus_bridge import sources
 from pirus_bridge.exceptions import InputError
-from pirus_bridge.sources import FINGERPRINT_BYTES, detect_compression, open_log
+from pirus_bridge.sources import HEAD_BYTES, detect_compression, open_log
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = (
@@ -118,7 +118,7 @@ def test_detect_compression(head: bytes, expected: str) -> None:
 def test_open_log_stdin_from_a_stream(compression: str) -> None:
     stream = io.BytesIO(COMPRESSORS[compression](CONTENT))
     with open_log("-", stdin=stream) as source:
-        assert source.fingerprint() is None
+        assert source.head() is None
         assert source.size_hint is None
         assert list(source) == EXPECTED
         assert source.position() > 0
@@ -145,31 +145,48 @@ def test_open_log_stdin_cannot_resume() -> None:
 
 
 @pytest.mark.parametrize("compression", COMPRESSORS)
-def test_fingerprint_same_for_plain_and_compressed(tmp_path: Path, compression: str) -> None:
+def test_head_same_for_plain_and_compressed(tmp_path: Path, compression: str) -> None:
     plain = open_log(write(tmp_path, CONTENT, "plain", "a"))
     other = open_log(write(tmp_path, CONTENT, compression, "b"))
     with plain, other:
-        assert plain.fingerprint() == other.fingerprint()
-        assert len(plain.fingerprint() or "") == 40
-        assert list(other) == EXPECTED  # fingerprinting does not disturb reading
-
-
-def test_fingerprint_differs_for_different_content(tmp_path: Path) -> None:
-    with open_log(write(tmp_path, CONTENT, "plain", "a")) as a:
-        with open_log(write(tmp_path, CONTENT + b"x", "plain", "b")) as b:
-            assert a.fingerprint() != b.fingerprint()
+        assert plain.head() == other.head() == CONTENT
+        assert list(other) == EXPECTED  # reading the head does not disturb reading
 
 
 @pytest.mark.parametrize("compression", ["plain", "gzip"])
-def test_fingerprint_stable_as_file_grows(tmp_path: Path, compression: str) -> None:
-    big = CONTENT.replace(b"last line without newline", b"") * 100
-    assert len(big) > FINGERPRINT_BYTES
-    path = write(tmp_path, big, compression, "log")
+def test_head_is_the_first_64_kib(tmp_path: Path, compression: str) -> None:
+    big = CONTENT.replace(b"last line without newline", b"") * 1000
+    assert len(big) > HEAD_BYTES
+    with open_log(write(tmp_path, big, compression, "log")) as source:
+        assert source.head() == big[:HEAD_BYTES]
+
+
+@pytest.mark.parametrize("compression", COMPRESSORS)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6])
+def test_lines_before_an_offset_are_the_lines_iteration_gives(
+    tmp_path: Path, compression: str, n: int
+) -> None:
+    path = write(tmp_path, CONTENT, compression, "log")
+    offset = EXPECTED[n - 1][1]
     with open_log(path) as source:
-        before = source.fingerprint()
-    Path(path).write_bytes(COMPRESSORS[compression](big + big))
+        assert source.lines_before(offset, 3) == [t for _, _, t in EXPECTED[max(0, n - 3):n]]
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_lines_before_an_offset_far_into_a_big_file(tmp_path: Path, compression: str) -> None:
+    lines = [f"line {i:07d}" for i in range(300_000)]
+    path = write(tmp_path, "\n".join(lines).encode() + b"\n", compression, "log")
+    offset = sum(len(t) + 1 for t in lines[:250_000])
     with open_log(path) as source:
-        assert source.fingerprint() == before
+        assert source.lines_before(offset, 4) == lines[249_996:250_000]
+
+
+def test_lines_before_refuses_offsets_past_the_end_or_inside_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, CONTENT, "plain", "log")
+    with open_log(path) as source, pytest.raises(InputError, match="shorter"):
+        source.lines_before(len(CONTENT) + 10, 2)
+    with open_log(path) as source, pytest.raises(InputError, match="end of a line"):
+        source.lines_before(80, 2)
 
 
 @pytest.mark.parametrize("with_lineno", [True, False])
@@ -245,7 +262,7 @@ def test_position_reaches_size_hint(tmp_path: Path, compression: str) -> None:
 def test_open_log_empty_file(tmp_path: Path) -> None:
     with open_log(write(tmp_path, b"", "plain")) as source:
         assert list(source) == []
-        assert source.fingerprint() is not None
+        assert source.head() == b""
 
 
 def test_open_log_iterates_once(tmp_path: Path) -> None:

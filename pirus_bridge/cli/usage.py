@@ -75,8 +75,10 @@ def _print_summary(s: IngestSummary) -> None:
         ("lines", s.lines), ("parsed", s.parsed), ("unparsed", s.unparsed), ("robots", s.bots),
         ("not found (4xx/5xx)", s.notfound), ("other", s.other),
         ("investigations counted", s.investigations), ("requests counted", s.requests),
-        ("double-clicks dropped", s.double_clicks),
+        ("double-clicks (superseded)", s.double_clicks),
     ]
+    if s.replayed:
+        rows.append(("already counted (replayed)", s.replayed))
     rows += [(f"enqueued for {g}", n) for g, n in s.enqueued.items()]
     width = max(len(label) for label, _ in rows)
     for label, n in rows:
