@@ -249,7 +249,11 @@ class Recorder:
                 s.requests += actions
             else:
                 s.investigations += actions
-            for name, n in zip(names, messages, strict=False):
+            if isinstance(messages, int):  # one gatherer (or none: 0)
+                if messages:
+                    enqueued_by[names[0]] = enqueued_by.get(names[0], 0) + messages
+                continue
+            for name, n in zip(names, messages, strict=True):
                 if n:
                     enqueued_by[name] = enqueued_by.get(name, 0) + n
 

@@ -16,7 +16,15 @@ import redis
 
 from pirus_bridge import keys
 from pirus_bridge.config import CountingConfig
-from pirus_bridge.counter import DAY, Identities, day_state_ttl, utc_day, utc_month
+from pirus_bridge.counter import (
+    DAY,
+    SURROGATE,
+    Identities,
+    action_id,
+    day_state_ttl,
+    utc_day,
+    utc_month,
+)
 from pirus_bridge.events import MetricType, UsageEvent
 
 # The counting script, sent whole with EVAL inside each transaction (a few KB per batch): unlike
@@ -36,7 +44,7 @@ OUTBOX_PARTS = ("msg", "pending", "sent", "failed", "stats")  # the order count.
 # Per-item and per-day key caches are cleared when they reach this size.
 CACHE_LIMIT = 100_000
 _REQUEST = MetricType.REQUEST
-_R, _I = MetricType.REQUEST.code, MetricType.INVESTIGATION.code
+_HOURS = [f"{h:02d}" for h in range(24)]
 
 
 def ensure_salt(r: redis.Redis, configured: str | None) -> str:
@@ -278,10 +286,16 @@ class CountBatch:
         elif into_day + window >= DAY:
             nxt = self._hashes.get((item, day + 1)) or self._hash(item, day + 1)
         # The head's fields are numbers, letters and hex digests: never a space inside one.
-        code = _R if event.metric is _REQUEST else _I
-        client = ids.client if ids.kind == "s" else "-"
-        self.args.append(f"{ts} {own} {prev} {nxt} {code} {ids.kind} {ids.user} {url_key} "
-                         f"{event.line} {client}")
+        user = ids.user
+        session = user + _HOURS[into_day // 3600] if ids.kind == SURROGATE else user
+        field = f"k:{user}{url_key}"
+        msg = action_id(item, field, ts) if self.ngatherers else "-"
+        if event.metric is _REQUEST:
+            self.args.append(f"{ts} {into_day} {own} {prev} {nxt} R {ids.kind} L:{event.line} "
+                             f"{field} I:{session} d:{ids.client} {msg}")
+        else:
+            self.args.append(f"{ts} {into_day} {own} {prev} {nxt} I {ids.kind} L:{event.line} "
+                             f"{field} I:{session} v:{ids.client} {msg}")
         if self.ngatherers:
             self.args += bodies
         self.size += 1

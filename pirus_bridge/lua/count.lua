@@ -31,14 +31,17 @@
 --       then 1 + G per click: its head, then per gatherer the message JSON ('' when the click's
 --         action would not go to that gatherer). The head (one string: few arguments are cheaper
 --         than many):
---         '<ts> <hash> <prev hash> <next hash> <I|R> <h|s> <user> <url> <line> <client>'
---         hashes are 1-based; prev/next: the neighbouring day's hash of the item near midnight,
---         0 when not needed; h: the session is the user and the hour (IP|User-Agent|day|HH),
---         s: the log's session id is the user (client given separately; '-' for h).
+--         '<ts> <sec> <hash> <prev> <next> <I|R> <h|s> L:<line> k:<user><url> I:<session>
+--          v:<client> <message id>' (d:<client> for a Request; the message id of the action
+--          the click would be: pirus_bridge.counter.action_id, '-' without gatherers)
+--         sec: seconds into its UTC day; hash: 1-based; prev/next: the neighbouring day's hash
+--         of the item near midnight, 0 when not needed; h: the session is the user and the
+--         hour (IP|User-Agent|day|HH) and the client is the user; s: the log's session id is
+--         the user and the session. user, client: 16 hex digits; url: 8.
 -- Returns three values per click, flattened: the change in the number of actions (-1, 0, 1),
--- the change in double-click lines (0, 1, 2) and, per gatherer, the change in its messages (a
--- list of G numbers: +1 enqueued, -1 a superseded action's message withdrawn); a line already
--- counted (a replay) gives 'r', 0, {} and changes nothing.
+-- the change in double-click lines (0, 1, 2) and the change in messages (+1 enqueued, -1 a
+-- superseded action's message withdrawn: a number with one gatherer, a list of G numbers with
+-- several, 0 with none); a line already counted (a replay) gives 'r', 0, 0 and changes nothing.
 local window = tonumber(ARGV[1])
 local due = ARGV[2]
 local holding = ARGV[3] == '1'
@@ -54,7 +57,8 @@ local hargs = iargs + nitems              -- ARGV[hargs + (h-1)*2 + 1] is hash h
 local eargs = hargs + nhashes * 2         -- first click's head is ARGV[eargs + 1]
 local estride = 1 + ngatherers
 local nclicks = (#ARGV - eargs) / estride
-local HEAD = '^(%d+) (%d+) (%d+) (%d+) (%u) (%l) (%S+) (%S+) (%S+) (%S+)$'
+local HEAD = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%u) (%l) (%S+) (%S+) (%S+) (%S+) (%S+)$'
+local ONE = '1' -- counts as strings: Lua would format a number with printf
 local DAY = 86400
 
 local days = {}
@@ -160,6 +164,28 @@ local function action_id(item, field, t)
   return string.sub(redis.sha1hex(item .. '\n' .. field .. '\n' .. t), 1, 24)
 end
 
+-- The seed's rule: one per client per item per day, into dly:, dv|dd: and t:views|dls:; a
+-- client's first action of the day on the item (+1), or its last one withdrawn (-1).
+local function daily_unique(hh, request, delta)
+  local info, ik = hh.day, hh.ik
+  local field, dates, total = info.v, KEYS[ik + 3], KEYS[ik + 5]
+  if request then
+    field, dates, total = info.d, KEYS[ik + 4], KEYS[ik + 6]
+  end
+  if delta > 0 then
+    if redis.call('HINCRBY', KEYS[ik + 2], field, 1) == 1 then
+      redis.call('SADD', dates, info.day)
+    end
+    redis.call('INCR', total)
+  else
+    if redis.call('HINCRBY', KEYS[ik + 2], field, -1) <= 0 then
+      redis.call('HDEL', KEYS[ik + 2], field)
+      redis.call('SREM', dates, info.day)
+    end
+    redis.call('DECR', total)
+  end
+end
+
 -- The effects of one action (at second sec of hash hh's day) appearing (+1) or going (-1).
 local function apply(hh, sec, request, session, client, delta)
   local key, info, ik = hh.key, hh.day, hh.ik
@@ -182,30 +208,24 @@ local function apply(hh, sec, request, session, client, delta)
       redis.call('HINCRBY', metrics, info.UIR, -1)
     end
   end
-  -- The seed's rule: one per client per item per day, into dly:, dv|dd: and t:views|dls:.
-  local kind, field, dates, total = 'v', info.v, KEYS[ik + 3], KEYS[ik + 5]
-  if request then
-    kind, field, dates, total = 'd', info.d, KEYS[ik + 4], KEYS[ik + 6]
-  end
-  n = redis.call('HINCRBY', key, kind .. ':' .. client, delta)
+  local kind = request and 'd:' or 'v:'
+  n = redis.call('HINCRBY', key, kind .. client, delta)
   if n == 1 and delta > 0 then
-    if redis.call('HINCRBY', KEYS[ik + 2], field, 1) == 1 then
-      redis.call('SADD', dates, info.day)
-    end
-    redis.call('INCR', total)
+    daily_unique(hh, request, 1)
   elseif n <= 0 then
-    redis.call('HDEL', key, kind .. ':' .. client)
-    if redis.call('HINCRBY', KEYS[ik + 2], field, -1) <= 0 then
-      redis.call('HDEL', KEYS[ik + 2], field)
-      redis.call('SREM', dates, info.day)
-    end
-    redis.call('DECR', total)
+    redis.call('HDEL', key, kind .. client)
+    daily_unique(hh, request, -1)
   end
+end
+
+local HOURS = {}
+for h = 0, 23 do
+  HOURS[h] = string.format('%02d', h)
 end
 
 local function session_of(kind, user, sec)
   if kind == 'h' then
-    return user .. string.format('%02d', math.floor(sec / 3600))
+    return user .. HOURS[math.floor(sec / 3600)]
   end
   return user
 end
@@ -214,10 +234,16 @@ end
 -- Returns whether some gatherer already has (or is sending) it: then the action that takes its
 -- place must not be sent again to that gatherer.
 local net = {} -- per gatherer: the change in its messages, for the click in hand
+-- Messages enqueued by this call, per gatherer: id -> month; their ZADDs are issued once, at
+-- the end (one command for many), after any withdrawal later in the call has taken them out.
+local fresh, fresh_ts = {}, {}
+for g = 0, ngatherers - 1 do
+  fresh[g] = {}
+end
 
 local function withdraw(hh, sec, request, kind, user, client, field)
   apply(hh, sec, request, session_of(kind, user, sec), client, -1)
-  redis.call('HINCRBY', KEYS[hh.ik + 1], hh.day.DC, 1)
+  redis.call('HINCRBY', KEYS[hh.ik + 1], hh.day.DC, ONE)
   local covered = {}
   if ngatherers == 0 then
     return covered
@@ -225,7 +251,13 @@ local function withdraw(hh, sec, request, kind, user, client, field)
   local id = action_id(hh.id, field, hh.day.start + sec)
   for g = 0, ngatherers - 1 do
     local ob = g * 6
-    if redis.call('ZREM', KEYS[ob + 2], id) == 1 then
+    local mine = fresh[g][id]
+    if mine then -- enqueued earlier in this call: its ZADD has not been issued yet
+      fresh[g][id] = nil
+      redis.call('HDEL', KEYS[ob + 1], id)
+      note_qualified(g, mine, -1)
+      net[g + 1] = net[g + 1] - 1
+    elseif redis.call('ZREM', KEYS[ob + 2], id) == 1 then
       redis.call('HDEL', KEYS[ob + 1], id)
       if holding then
         redis.call('ZREM', KEYS[ob + 6], id)
@@ -240,39 +272,74 @@ local function withdraw(hh, sec, request, kind, user, client, field)
   return covered
 end
 
+local function count_string(n)
+  return n == 1 and ONE or tostring(n)
+end
+
 local out = {}
 for e = 0, nclicks - 1 do
   local a = eargs + e * estride
-  local at, hx, px, nx, code, kind, user, url, line, client = string.match(ARGV[a + 1], HEAD)
-  local ts = tonumber(at)
+  local at, secs, hx, px, nx, code, kind, lfield, field, ifield, cfield, id =
+    string.match(ARGV[a + 1], HEAD)
   local hh = hashes[tonumber(hx)]
   local key, info = hh.key, hh.day
   local request = code == 'R'
-  if kind == 'h' then
-    client = user
+  local rfield, seen
+  if request then
+    rfield = 'R' .. string.sub(ifield, 2)
+    seen = redis.call('HMGET', key, lfield, field, '_', ifield, cfield, rfield)
+  else
+    seen = redis.call('HMGET', key, lfield, field, '_', ifield, cfield)
   end
-  local field = 'k:' .. user .. url
-  local seen = redis.call('HMGET', key, 'L:' .. line, field, '_')
   for g = 1, ngatherers do
     net[g] = 0
   end
   if seen[1] then
     out[#out + 1] = 'r'
     out[#out + 1] = 0
-    out[#out + 1] = {}
+    out[#out + 1] = 0
   else
-    local sec = ts - info.start
-    local c = kind == 's' and client or ''
     px, nx = tonumber(px), tonumber(nx)
     local da, dd = 0, 1
-    local covered = {}
+    local covered = nil
     local added = false
     if not seen[2] and px == 0 and nx == 0 then
-      -- the usual case: the user's first click on this URL that day, far from midnight
+      -- the usual case: the user's first click on this URL that day, far from midnight; a
+      -- new action whose session and client counts were read above
       added = true
-      redis.call('HSET', key, field, c ~= '' and (sec .. '-' .. sec .. ':' .. c)
-                                               or (sec .. '-' .. sec))
+      da, dd = 1, 0
+      local metrics = KEYS[hh.ik + 1]
+      redis.call('HINCRBY', metrics, info.TII, ONE)
+      local ni = (tonumber(seen[4]) or 0) + 1
+      local nc = (tonumber(seen[5]) or 0) + 1
+      if ni == 1 then
+        redis.call('HINCRBY', metrics, info.UII, ONE)
+      end
+      if nc == 1 then
+        daily_unique(hh, request, 1)
+      end
+      local chain = secs .. '-' .. secs
+      if kind == 's' then
+        chain = chain .. ':' .. string.sub(cfield, 3)
+      end
+      if request then
+        redis.call('HINCRBY', metrics, info.TIR, ONE)
+        local nr = (tonumber(seen[6]) or 0) + 1
+        if nr == 1 then
+          redis.call('HINCRBY', metrics, info.UIR, ONE)
+        end
+        redis.call('HSET', key, lfield, ONE, field, chain, ifield, count_string(ni),
+                   cfield, count_string(nc), rfield, count_string(nr), '_', ONE)
+      else
+        redis.call('HSET', key, lfield, ONE, field, chain, ifield, count_string(ni),
+                   cfield, count_string(nc), '_', ONE)
+      end
     else
+      covered = {}
+      local sec = tonumber(secs)
+      local user = string.sub(field, 3, 18)
+      local client = string.sub(cfield, 3)
+      local c = kind == 's' and client or ''
       local segs = parse(seen[2])
       -- The next day's first click, only near midnight.
       local next_first = nil
@@ -322,47 +389,70 @@ for e = 0, nclicks - 1 do
             end
           end
         end
-        redis.call('HSET', key, field, render(segs))
+        redis.call('HSET', key, lfield, ONE, field, render(segs), '_', ONE)
+      else
+        redis.call('HSET', key, lfield, ONE, '_', ONE)
+      end
+      if added then
+        da, dd = da + 1, dd - 1
+        apply(hh, sec, request, string.sub(ifield, 3), client, 1)
       end
     end
     if added then
-      da, dd = da + 1, dd - 1
-      apply(hh, sec, request, session_of(kind, user, sec), client, 1)
       if ngatherers > 0 then
-        local id = action_id(hh.id, field, ts)
         for g = 0, ngatherers - 1 do
           local ob = g * 6
           local body = ARGV[a + 2 + g]
-          if body ~= '' and not covered[g]
+          if body ~= '' and not (covered and covered[g]) and not fresh[g][id]
              and (not delivered[g]
                   or (redis.call('ZSCORE', KEYS[ob + 3], id) == false
                       and redis.call('ZSCORE', KEYS[ob + 4], id) == false))
              and redis.call('HSETNX', KEYS[ob + 1], id, body) == 1 then
-            redis.call('ZADD', KEYS[ob + 2], due, id)
-            if holding then
-              redis.call('ZADD', KEYS[ob + 6], ts, id)
-            end
+            fresh[g][id] = info.month
+            fresh_ts[id] = at
             note_qualified(g, info.month, 1)
             net[g + 1] = net[g + 1] + 1
           end
         end
       end
-    end
-    if not added then
-      -- this click is not an action: a double-click line of its own month
-      redis.call('HINCRBY', KEYS[hh.ik + 1], info.DC, 1)
-    end
-    if seen[3] then
-      redis.call('HSET', key, 'L:' .. line, '1')
     else
+      -- this click is not an action: a double-click line of its own month
+      redis.call('HINCRBY', KEYS[hh.ik + 1], info.DC, ONE)
+    end
+    if not seen[3] then
       -- a new hash gets its TTL at once, so it never lives without one
-      redis.call('HSET', key, 'L:' .. line, '1', '_', '1')
       redis.call('EXPIRE', key, info.ttl)
     end
     out[#out + 1] = da
     out[#out + 1] = dd
-    out[#out + 1] = {unpack(net, 1, ngatherers)}
+    if ngatherers == 1 then
+      out[#out + 1] = net[1]
+    elseif ngatherers == 0 then
+      out[#out + 1] = 0
+    else
+      out[#out + 1] = {unpack(net, 1, ngatherers)}
+    end
   end
+end
+
+-- Issue the gathered ZADDs (unpack is given at most 500 values at a time: Lua's stack limit).
+local function each_chunk(list, fn)
+  for i = 1, #list, 500 do
+    fn(unpack(list, i, math.min(i + 499, #list)))
+  end
+end
+for g = 0, ngatherers - 1 do
+  local pending, held = {}, {}
+  for id in pairs(fresh[g]) do
+    pending[#pending + 1] = due
+    pending[#pending + 1] = id
+    if holding then
+      held[#held + 1] = fresh_ts[id]
+      held[#held + 1] = id
+    end
+  end
+  each_chunk(pending, function(...) redis.call('ZADD', KEYS[g * 6 + 2], ...) end)
+  each_chunk(held, function(...) redis.call('ZADD', KEYS[g * 6 + 6], ...) end)
 end
 
 for g, months in pairs(qualified) do
