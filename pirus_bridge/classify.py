@@ -46,7 +46,9 @@ class RobotDetector:
                 patterns += [p for p in (data / name).read_text().splitlines() if p.strip()]
         patterns += [p.pattern for p in bots.user_agents]
         # The COUNTER list is case sensitive by design; the admin's extra patterns are not.
-        counter = "|".join(patterns[: len(patterns) - len(bots.user_agents)])
+        self._counter_patterns = patterns[: len(patterns) - len(bots.user_agents)]
+        self._extra_patterns = [p.pattern for p in bots.user_agents]
+        counter = "|".join(self._counter_patterns)
         self._counter = re.compile(counter) if counter else None
         self._extra = (
             re.compile("|".join(f"(?:{p.pattern})" for p in bots.user_agents), re.IGNORECASE)
@@ -100,6 +102,26 @@ class RobotDetector:
                 self._ip_cache.clear()
             self._ip_cache[ip] = hit
         return hit
+
+
+    def why(self, user_agent: str, ip: str) -> str | None:
+        """Why a client is a robot, in a sentence (``explain``); None when it is not."""
+        if not user_agent:
+            return "an empty User-Agent"
+        if self._counter is not None and self._counter.search(user_agent):
+            hit = next(p for p in self._counter_patterns if re.search(p, user_agent))
+            return f"its User-Agent matches {hit!r} of the COUNTER robots list"
+        if self._extra is not None and self._extra.search(user_agent):
+            hit = next(p for p in self._extra_patterns
+                       if re.search(p, user_agent, re.IGNORECASE))
+            return f"its User-Agent matches {hit!r} of bots.user_agents"
+        if ip in self._exact_ips:
+            return f"its address {ip} is listed in bots.ips or a botlist set"
+        if self.is_robot_ip(ip):
+            addr = ipaddress.ip_address(ip)
+            net = next(n for n in self._networks if addr in n)
+            return f"its address {ip} is in the robot range {net}"
+        return None
 
 
 _UNSEEN = MappingMatch("", "", None, MetricType.REQUEST, "")  # not yet in the URL cache

@@ -35,9 +35,9 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from pirus_bridge.cli import admin, delivery, service, usage
+    from pirus_bridge.cli import admin, counting, delivery, service, usage
 
-    for module in (admin, usage, delivery, service):
+    for module in (admin, usage, counting, delivery, service):
         for command in module.COMMANDS:
             cli.add_command(command)
 
