@@ -40,6 +40,7 @@ from pirus_bridge.chain import Chain, IngestSummary, Prepared, UnparsedSample
 from pirus_bridge.config import Config
 from pirus_bridge.counter import ReorderBuffer, event_from_json
 from pirus_bridge.events import UsageEvent
+from pirus_bridge.freshness import record_read
 from pirus_bridge.mapping import Mapping
 from pirus_bridge.sources import Block, open_log
 
@@ -187,12 +188,18 @@ class Ingester:
         n = 0  # lines since the last commit
         offset = lineno = 0
         writer = _Writer(s)
+        newest: int | None = None  # source freshness (freshness.record_read)
 
         def commit(final: bool = False) -> None:
-            nonlocal released, n, counts
+            nonlocal released, n, counts, newest
             if final and drain:
                 released += buffer.drain()
-            writer.submit(self._prepare(released, counts, checkpoint, offset, lineno, buffer))
+            batch = self._prepare(released, counts, checkpoint, offset, lineno, buffer)
+            if batch is not None and n:
+                record_read(batch.pipe, name, "ingest" if drain else "tail", lines=n,
+                            event_ts=newest, now=time.time())
+            newest = None
+            writer.submit(batch)
             released, n = [], 0
             counts = dict.fromkeys(keys.CATEGORY_COUNTERS, 0)
             if on_batch is not None:
@@ -213,6 +220,8 @@ class Ingester:
                     result, events = sort(texts[start:stop] if start or stop < total else texts)
                     for category, k in result.counts.items():
                         counts[category] += k
+                    if events:
+                        newest = max(newest or 0, max(e.ts for e in events))
                     for event in events:
                         held = push(event)
                         if held:
