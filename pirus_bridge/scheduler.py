@@ -15,6 +15,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -22,9 +23,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from pirus_bridge.chain import IngestSummary
 from pirus_bridge.config import Config, GathererConfig
 from pirus_bridge.outbox import Outbox
 from pirus_bridge.pusher import Pusher
+from pirus_bridge.redact import scrub
+from pirus_bridge.redisconn import AVAILABILITY, REDIS_ERRORS, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +84,19 @@ class Service:
         return "; ".join(parts)
 
     def _follow(self, path: Any) -> None:
-        """Follow one file until stopped; if Redis goes away, start again from the saved
-        position (nothing uncommitted was counted, so nothing is lost or repeated)."""
-        from pirus_bridge.tail import Follower, follow
-
-        while not self.stopped.is_set():
-            follower = self.followers[path] = Follower(path)
-            if self.stopped.is_set():
-                break
-            try:
-                follow(self.cfg, self.r, path, follower=follower)
-            except redis.RedisError as e:
-                log.warning("tail %s paused: Redis unavailable (%s)", path, e)
-                self.stopped.wait(5)
+        follow_until_stopped(self.cfg, self.r, path, self.stopped,
+                             lambda f: self.followers.__setitem__(path, f))
 
     def push(self, pusher: Pusher) -> None:
         try:
             result = pusher.push_once()
-        except redis.RedisError as e:  # Redis away: log it and try again next time
-            log.warning("push to %s skipped: Redis unavailable (%s)", pusher.g.name, e)
+        except REDIS_ERRORS as e:  # Redis away: the next scheduled run tries again
+            AVAILABILITY.lost(e)
             return
+        except redis.RedisError as e:
+            log.error("push to %s failed: %s", pusher.g.name, scrub(str(e)))
+            return
+        AVAILABILITY.ok()
         if result.sent or result.retried or result.failed or result.released:
             log.info("push %s: %s", pusher.g.name, result.to_json())
 
@@ -111,8 +108,10 @@ class Service:
                 box = Outbox(self.r, name)
                 box.reclaim_expired(now)
                 box.trim_sent(keep_s, now)
+        except REDIS_ERRORS as e:
+            AVAILABILITY.lost(e)
         except redis.RedisError as e:
-            log.warning("maintenance skipped: Redis unavailable (%s)", e)
+            log.error("maintenance failed: %s", scrub(str(e)))
 
     def start(self) -> None:
         for p in self.pushers:
@@ -170,6 +169,36 @@ class Service:
                 pass
         finally:
             self.stop()
+
+
+def follow_until_stopped(cfg: Config, r: redis.Redis, path: Any, stopped: threading.Event,
+                         on_follower: Callable[[Any], None] = lambda f: None) -> IngestSummary:
+    """Follow one file until ``stopped`` is set (``tail``, and each file of ``serve``).
+
+    If Redis goes away, wait for it (with backoff, logging once per change of state) and start
+    again from the saved position: nothing uncommitted was counted, so nothing is lost or
+    repeated. ``on_follower`` is told of each new follower, so a stop can reach it. Returns
+    what was read and counted (runs cut short by a loss of Redis are not in it).
+    """
+    from pirus_bridge.tail import Follower, follow
+
+    total = IngestSummary()
+    while not stopped.is_set():
+        follower = Follower(path)
+        on_follower(follower)
+        if stopped.is_set():
+            break
+        try:
+            s = follow(cfg, r, path, follower=follower)
+            AVAILABILITY.ok()
+        except REDIS_ERRORS as e:
+            AVAILABILITY.lost(e)
+            wait_for(r, stop=stopped)
+            continue
+        total.lines += s.lines
+        total.investigations += s.investigations
+        total.requests += s.requests
+    return total
 
 
 def _now() -> Any:

@@ -30,6 +30,7 @@ from pirus_bridge.counter import ReorderBuffer, event_from_json, event_json
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.ingest import IngestSummary
 from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, HEARTBEAT_S, LOGLINES, ReliableQueue
+from pirus_bridge.redisconn import AVAILABILITY
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,9 @@ class Worker:
                                             moved, q.name)
                         last_recover = time.monotonic()
                     self.step()
+                    AVAILABILITY.ok()
                 except (redis.ConnectionError, redis.TimeoutError) as e:
-                    log.warning("%s worker: Redis unavailable (%s); retrying", self.role, e)
+                    AVAILABILITY.lost(e)  # one log line per change of state, not per retry
                     interrupted = True
                     self.stopping.wait(2.0)
         finally:
