@@ -128,6 +128,14 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long personal data stays (:mod:`pirus_bridge.retention`)."""
+
+    failed_personal_days: int = 30  # failed messages keep raw IP and User-Agent this long
+    aof_rewrite_interval_s: int = 86400  # after deliveries, rewrite the AOF at most this often
+
+
+@dataclass(frozen=True)
 class LiveConfig:
     """The live pipeline: files ``serve`` follows, and the seed's queue workers."""
 
@@ -177,6 +185,7 @@ class Config:
     outbox: OutboxConfig = OutboxConfig()
     live: LiveConfig = LiveConfig()
     http: HttpConfig = HttpConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = None
 
 
@@ -514,6 +523,18 @@ def _read_outbox(s: _Section) -> OutboxConfig:
     return o
 
 
+def _read_retention(s: _Section) -> RetentionConfig:
+    defaults = RetentionConfig()
+    c = RetentionConfig(
+        failed_personal_days=s.get("failed_personal_days", _integer(0),
+                                   defaults.failed_personal_days),
+        aof_rewrite_interval_s=s.get("aof_rewrite_interval_s", _integer(0),
+                                     defaults.aof_rewrite_interval_s),
+    )
+    s.finish()
+    return c
+
+
 def _read_live(s: _Section, base: Path) -> LiveConfig:
     no_items: list[Any] = []
     files = tuple(base / _string(v) for v in s.get("tail", _list, no_items))
@@ -574,6 +595,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     outbox = _read_outbox(top.section("outbox"))
     live = _read_live(top.section("live"), base)
     http = _read_http(top.section("http"), base)
+    retention = _read_retention(top.section("retention"))
     top.finish()
     if problems or repository is None:
         raise ConfigError(problems, source=source)
@@ -588,6 +610,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         outbox=outbox,
         live=live,
         http=http,
+        retention=retention,
         source=Path(source) if source else None,
     )
 

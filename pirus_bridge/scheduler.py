@@ -2,9 +2,11 @@
 
 Each enabled gatherer is pushed on its own ``interval_s`` or ``cron`` schedule; one job never
 overlaps itself (``max_instances=1``, missed runs coalesce). Maintenance runs every few minutes:
-it returns expired leases to pending (so ``outbox stats`` tells the truth while no pusher runs)
-and forgets delivered ids older than the audit period. The files of ``live.tail`` are followed,
-and with ``live.queue_workers`` the classifier, counter and logger run too, each in a thread.
+it returns expired leases to pending (so ``outbox stats`` tells the truth while no pusher runs),
+forgets delivered ids older than the audit period, blanks the raw identity of old failed
+messages and, after deliveries, has the append-only file rewritten (``retention``). The files
+of ``live.tail`` are followed, and with ``live.queue_workers`` the classifier, counter and
+logger run too, each in a thread.
 On SIGTERM or SIGINT every component finishes the batch in hand, commits or settles it, and the
 process exits.
 """
@@ -29,6 +31,7 @@ from pirus_bridge.outbox import Outbox
 from pirus_bridge.pusher import Pusher
 from pirus_bridge.redact import scrub
 from pirus_bridge.redisconn import AVAILABILITY, REDIS_ERRORS, wait_for
+from pirus_bridge.retention import AofRewriter, delivered_total, forget_failed_identities
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,12 @@ def trigger_for(g: GathererConfig) -> CronTrigger | IntervalTrigger:
 class Service:
     """Scheduled pushes and maintenance in one process (``pirus-bridge serve``)."""
 
-    def __init__(self, cfg: Config, r: redis.Redis) -> None:
+    def __init__(self, cfg: Config, r: redis.Redis,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.r = r
+        self.clock = clock
+        self.aof = AofRewriter(cfg.retention.aof_rewrite_interval_s, clock)
         self.pushers = [Pusher(cfg, r, g) for g in cfg.gatherers.values() if g.enabled]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
@@ -101,13 +107,23 @@ class Service:
             log.info("push %s: %s", pusher.g.name, result.to_json())
 
     def maintain(self) -> None:
-        now = time.time()
+        """Expired leases back to pending, old audit entries dropped, failed messages' raw
+        identity forgotten after ``retention.failed_personal_days``, and the append-only file
+        rewritten after deliveries (:mod:`pirus_bridge.retention`)."""
+        now = self.clock()
         keep_s = self.cfg.outbox.sent_audit_days * 86400
+        personal_s = self.cfg.retention.failed_personal_days * 86400
         try:
             for name in self.cfg.gatherers:
                 box = Outbox(self.r, name)
                 box.reclaim_expired(now)
                 box.trim_sent(keep_s, now)
+                forgotten = forget_failed_identities(self.r, name, personal_s, now)
+                if forgotten:
+                    log.info("%s: %d failed message(s) older than %d days lost their IP "
+                             "address and User-Agent", name, forgotten,
+                             self.cfg.retention.failed_personal_days)
+            self.aof.maybe_rewrite(self.r, delivered_total(self.r, self.cfg.gatherers))
         except REDIS_ERRORS as e:
             AVAILABILITY.lost(e)
         except redis.RedisError as e:
