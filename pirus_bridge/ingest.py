@@ -120,7 +120,7 @@ class Ingester:
         """Ingest one file (``-`` for stdin), resuming at its checkpoint; add to ``summary``."""
         s = summary if summary is not None else IngestSummary()
         started = time.perf_counter()
-        src = open_log(path)
+        src = open_log(path, max_line_bytes=self.cfg.log.max_line_bytes)
         try:
             fingerprint = src.fingerprint()
             checkpoint = FileCheckpoint(fingerprint, path) if fingerprint else None
