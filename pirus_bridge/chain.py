@@ -109,12 +109,13 @@ class Chain:
         self._known_items: set[str] = set()
         self._oai_from_metadata: dict[str, str] = {}
 
-    def line(self, text: str) -> tuple[Category, UsageEvent | None]:
-        """One log line's category, and its usage event when it is one."""
+    def line(self, text: str) -> tuple[Category | None, UsageEvent | None]:
+        """One log line's category (None for a blank or comment line, which is in none), and
+        its usage event when it is one."""
         result, events = self.sort((text,))
         if events:
             return Category.USAGE, events[0]
-        return next(Category(c) for c, n in result.counts.items() if n), None
+        return next((Category(c) for c, n in result.counts.items() if n), None), None
 
     def sort(self, texts: Iterable[str]) -> tuple[Sorted, list[UsageEvent]]:
         """Parse, classify and map a run of lines: the categories, and the usage events in

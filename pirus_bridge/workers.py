@@ -131,6 +131,8 @@ class ClassifierWorker(Worker):
         for raw in items:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             category, event = self.chain.line(text)
+            if category is None:  # a blank or comment line: dropped
+                continue
             routed.setdefault(CATEGORY_QUEUES[category.value], []).append(raw)
             if event is not None:
                 events.append(event_json(event))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from pirus_bridge.cli import main
@@ -225,3 +226,34 @@ def test_redis_unreachable_never_exits_0_even_without_gatherers(
     assert code == 1
     assert "cannot reach Redis at redis://:***@127.0.0.1" in err
     assert REDIS_PASS not in err and err.count("\n") == 1
+
+
+def test_ingest_skips_blank_and_comment_lines_and_rejects_far_future_times(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from pirus_bridge.chain import Chain
+    from tests.helpers import clf, make_config
+
+    good = [clf(f"14/Oct/2026:10:0{i}:00 +0000", "/1234/", ip=f"192.0.2.{i + 1}")
+            for i in range(3)]
+    future = clf("14/Oct/9999:10:00:00 +0000", "/1234/", ip="192.0.2.99")
+    log = tmp_path / "access.log"
+    log.write_text("#Software: a W3C header\n\n" + good[0] + "   \n" + good[1] + "# note\n"
+                   + future + good[2].replace(" - - ", "  -  -  "))
+    config = write_config(tmp_path, redis_url)
+    code, out, err = run(monkeypatch, capsys, "--config", str(config), "ingest", "--json",
+                         str(log))
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["lines"] == 4  # blank and comment lines are no log lines
+    assert summary["unparsed"] == 1  # the year-9999 line
+    assert summary["investigations"] == 3  # the doubled spaces parsed too
+    client = redis.Redis.from_url(redis_url)
+    try:  # the live path (queue workers) drops them too
+        chain = Chain(make_config(redis_url), client)
+        assert chain.line("") == (None, None) and chain.line("# comment") == (None, None)
+    finally:
+        client.close()
