@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,13 @@ from pirus_bridge.outbox import DeliveryMeta, Outbox
 from pirus_bridge.pusher import Pusher
 from pirus_bridge.retention import AofRewriter, without_identity
 from pirus_bridge.scheduler import Service
-from tests.gatherer import Gatherer
+from tests.gatherer import Gatherer, gatherer_fixture  # noqa: F401 - the fixture
 from tests.helpers import clf, make_config, wait_until, write_log
 from tests.redis_server import RedisServer
 
 DAY = 86400
 MARK_IP = "203.0.113.77"
 MARK_UA = "Mozilla/5.0 (X11; Linux x86_64) RetentionCheck/1.0"
-
-
-@pytest.fixture
-def gatherer() -> Iterator[Gatherer]:
-    g = Gatherer()
-    g.start()
-    yield g
-    g.stop()
 
 
 def _ingest(tmp_path: Path, url: str, gatherer_url: str, r: redis.Redis, n: int = 4) -> None:

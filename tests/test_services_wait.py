@@ -8,7 +8,7 @@ logs one line per change of state (not one per retry), and stops cleanly on SIGT
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import redis
 import requests
 
 from pirus_bridge.ingest import Ingester
-from tests.gatherer import Gatherer
+from tests.gatherer import Gatherer, gatherer_fixture  # noqa: F401 - the fixture
 from tests.helpers import ROOT, clf, make_config, wait_until
 from tests.live_support import Process
 from tests.redis_server import RedisServer, free_port
@@ -26,14 +26,6 @@ from tests.test_cli import write_config
 SAMPLE = ROOT / "fixtures" / "logs" / "sample-eprints.log"
 LOST = "unavailable ("  # the warning when Redis goes away
 BACK = "is available again"
-
-
-@pytest.fixture
-def gatherer() -> Iterator[Gatherer]:
-    g = Gatherer()
-    g.start()
-    yield g
-    g.stop()
 
 
 def _lines(day: int, n: int) -> list[str]:
