@@ -133,7 +133,7 @@ def main(out: str) -> None:
         http.start()
         try:
             run_browser(browser_command(f"http://127.0.0.1:{http.port}/", work / "profile",
-                                        screenshot=Path(out).resolve(), height=2700))
+                                        screenshot=Path(out).resolve(), height=2720))
         finally:
             http.stop()
     finally:
