@@ -22,7 +22,7 @@ from pirus_bridge.classify import Category, Classifier, RobotDetector
 from pirus_bridge.config import Config, GathererConfig
 from pirus_bridge.counter import Hasher, utc_month
 from pirus_bridge.events import MetricType, UsageEvent
-from pirus_bridge.logparse import LogFormat, LogRecord
+from pirus_bridge.logparse import SKIPPED, LogFormat, LogRecord
 from pirus_bridge.mapping import Mapping
 from pirus_bridge.outbox import message_json, qualifies
 from pirus_bridge.store import UsageStore, ensure_salt
@@ -110,19 +110,20 @@ class Chain:
     def mapping(self) -> Mapping:
         return self.classifier.mapping
 
-    def line(self, text: str) -> tuple[Category, UsageEvent | None]:
-        """One log line's category, and its usage event when it is one."""
+    def line(self, text: str) -> tuple[Category | None, UsageEvent | None]:
+        """One log line's category (None for a blank or comment line, which is in none), and
+        its usage event when it is one."""
         result = self.sort((text,), "")
         if result.events:
             return Category.USAGE, result.events[0]
-        return next(Category(c) for c, n in result.counts.items() if n), None
+        return next((Category(c) for c, n in result.counts.items() if n), None), None
 
     def sort(self, texts: Sequence[str], default_month: str) -> Lines:
         """Parse, classify and map a run of lines. ``default_month`` is the month of lines
         without a timestamp when none of the run has one (the caller's latest)."""
         parse = self.parser.parse
         records = [parse(t) for t in texts]
-        stamps = [rec.ts for rec in records if rec is not None]
+        stamps = [rec.ts for rec in records if rec is not None and rec is not SKIPPED]
         if stamps and utc_month(min(stamps)) != utc_month(max(stamps)):
             runs = _month_runs(records)
         else:
@@ -161,7 +162,7 @@ def _month_runs(records: list[LogRecord | None]) -> list[tuple[str, int, int]]:
     runs: list[tuple[str, int, int]] = []
     month, start = "", 0
     for i, rec in enumerate(records):
-        if rec is None:
+        if rec is None or rec is SKIPPED:
             continue
         m = utc_month(rec.ts)
         if m != month:

@@ -43,12 +43,12 @@ from typing import Protocol
 
 import redis
 
-from pirus_bridge import keys
 from pirus_bridge.chain import IngestSummary, Prepared, Recorder, Stages, UnparsedSample, build
 from pirus_bridge.checkpoint import TAIL_LINES, FileCheckpoint
 from pirus_bridge.config import Config
 from pirus_bridge.counter import DAY, utc_month
 from pirus_bridge.events import UsageEvent
+from pirus_bridge.freshness import record_read
 from pirus_bridge.mapping import Mapping
 from pirus_bridge.sources import Block, open_log
 
@@ -136,7 +136,7 @@ class Ingester:
         """Ingest one file (``-`` for stdin), resuming at its checkpoint; add to ``summary``."""
         s = summary if summary is not None else IngestSummary()
         started = time.perf_counter()
-        src = open_log(path)
+        src = open_log(path, max_line_bytes=self.cfg.log.max_line_bytes)
         checkpoint: FileCheckpoint | None = None
         try:
             head = src.head()
@@ -275,7 +275,7 @@ class _Run:
             self.stages.store.release_held(pipe, gatherers, self.run_id, bound)
         self.closer.close(pipe, self.watermark)
         if n:
-            self._freshness(pipe, n)
+            self._freshness(pipe, n, events)
         if self.checkpoint is not None and (n or final) and self.lineno:
             self.checkpoint.write(pipe, self.offset, self.lineno, self.recent)
         counts: dict[str, int] = {}
@@ -286,12 +286,9 @@ class _Run:
         if self.on_batch is not None:
             self.on_batch()
 
-    def _freshness(self, pipe: redis.client.Pipeline, n: int) -> None:
-        key = keys.source_status(self.name)
-        pipe.sadd(keys.SOURCES, self.name)
-        pipe.hset(key, mapping={"kind": self.kind, "path": self.name,
-                                "read_at": int(time.time()), "event_ts": self.watermark})
-        pipe.hincrby(key, "lines", n)
+    def _freshness(self, pipe: redis.client.Pipeline, n: int, events: list[UsageEvent]) -> None:
+        record_read(pipe, self.name, self.kind, lines=n,
+                    event_ts=max(e.ts for e in events) if events else None, now=time.time())
 
 
 _tuning_lock = threading.Lock()

@@ -12,9 +12,10 @@ whatever its name) or ``-`` for standard input (which may be compressed too). It
 
 A last line without a newline is yielded too, with ``offset_after`` at the end of the stream.
 Files are read in 1 MiB chunks; an all-ASCII chunk (the usual case, since web servers escape
-other bytes) is decoded in one go. The bulk path takes the lines a chunk at a time instead, as
-:class:`Block` values from :meth:`LogSource.blocks`, and works out offsets only where it
-commits.
+other bytes) is decoded in one go. A line too long to parse (``log.max_line_bytes``) is not
+kept whole, so memory stays bounded whatever the input. The bulk path takes the lines a chunk
+at a time instead, as :class:`Block` values from :meth:`LogSource.blocks`, and works out offsets
+only where it commits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["HEAD_BYTES", "Block", "LogSource", "detect_compression", "open_log"]
 
 CHUNK_SIZE = 1 << 20
 HEAD_BYTES = 65536  # how much of a file's start :meth:`LogSource.head` reads
+DEFAULT_MAX_LINE_BYTES = 16384  # the default of log.max_line_bytes
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 _READ_ERRORS = (OSError, EOFError, lzma.LZMAError)
 
@@ -149,8 +151,13 @@ class LogSource:
     call :meth:`close`.
     """
 
-    def __init__(self, name: str, raw: BinaryIO, *, path: str | None, owns_raw: bool) -> None:
+    def __init__(self, name: str, raw: BinaryIO, *, path: str | None, owns_raw: bool,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.name = name
+        # A line longer than this many characters is unparsed: once it passes 4× as many bytes
+        # (UTF-8 takes at most 4 bytes a character) the rest of it is not kept, so one endless
+        # line (a file of NULs, a broken writer) costs a bounded amount of memory.
+        self._keep = 4 * max_line_bytes + 4
         self.path = path
         self._raw = raw
         self._owns_raw = owns_raw
@@ -304,7 +311,9 @@ class LogSource:
 
     def _blocks(self) -> Iterator[Block]:
         offset, lineno = self._offset, self._lineno
+        keep = self._keep
         rest = b""
+        extra = 0  # bytes of the unfinished line ``rest`` dropped beyond ``keep``
         while True:
             chunk = self._read(CHUNK_SIZE)
             if not chunk:
@@ -313,25 +322,31 @@ class LogSource:
                 chunk = rest + chunk
             cut = chunk.rfind(b"\n") + 1
             rest = chunk[cut:]
-            if not cut:
-                continue
-            body = chunk[:cut]
-            if body.isascii() and b"\r" not in body:
-                texts = body.decode("ascii").split("\n")
-                texts.pop()
-                block = Block(lineno, offset, texts)
-            else:
-                raws = body.split(b"\n")
-                raws.pop()
-                ends = list(accumulate((len(raw) + 1 for raw in raws), initial=offset))
-                block = Block(lineno, offset, [_decode(raw) for raw in raws], ends[1:])
-            offset += cut
-            lineno += len(block.texts)
-            self._offset, self._lineno = offset, lineno
-            yield block
+            if cut:
+                body = chunk[:cut]
+                if not extra and body.isascii() and b"\r" not in body:
+                    texts = body.decode("ascii").split("\n")
+                    texts.pop()
+                    block = Block(lineno, offset, texts)
+                else:
+                    raws = body.split(b"\n")
+                    raws.pop()
+                    sizes = [len(raw) + 1 for raw in raws]
+                    sizes[0] += extra  # the first line was longer than what is kept of it
+                    ends = list(accumulate(sizes, initial=offset))
+                    block = Block(lineno, offset, [_decode(raw) for raw in raws], ends[1:])
+                offset += cut + extra
+                extra = 0
+                lineno += len(block.texts)
+                self._offset, self._lineno = offset, lineno
+                yield block
+            if len(rest) > keep:  # an unfinished line too long to parse: drop its middle
+                extra += len(rest) - keep
+                rest = rest[:keep]
         if rest:
-            yield Block(lineno, offset, [_decode(rest)], [offset + len(rest)])
-            offset += len(rest)
+            end = offset + len(rest) + extra
+            yield Block(lineno, offset, [_decode(rest)], [end])
+            offset = end
             lineno += 1
         self._offset, self._lineno = offset, lineno
 
@@ -363,20 +378,25 @@ def open_log(
     start_offset: int = 0,
     start_lineno: int | None = None,
     stdin: BinaryIO | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> LogSource:
     """Open a log file, or standard input for ``"-"``, and position it at ``start_offset``.
 
     ``start_offset``/``start_lineno`` resume a previous run (see :meth:`LogSource.skip_to`).
     ``stdin`` replaces ``sys.stdin.buffer`` for ``"-"`` (tests, or a pipe the caller holds);
-    standard input cannot be resumed. Raises :class:`InputError` with a one-line message when
+    standard input cannot be resumed. ``max_line_bytes`` is ``log.max_line_bytes``: of a longer
+    line only the first ``4 × max_line_bytes`` bytes are kept (it is unparsed either way, and its
+    offsets stay exact). Raises :class:`InputError` with a one-line message when
     the file is missing, unreadable or shorter than ``start_offset``.
     """
     if path == "-":
         if start_offset:
             raise InputError("standard input cannot be resumed at an offset")
         stream = stdin if stdin is not None else sys.stdin.buffer
-        return LogSource("<stdin>", stream, path=None, owns_raw=False)
-    source = LogSource(path, _open_raw(path), path=path, owns_raw=True)
+        return LogSource("<stdin>", stream, path=None, owns_raw=False,
+                         max_line_bytes=max_line_bytes)
+    source = LogSource(path, _open_raw(path), path=path, owns_raw=True,
+                       max_line_bytes=max_line_bytes)
     if start_offset or start_lineno:
         try:
             source.skip_to(start_offset, start_lineno)

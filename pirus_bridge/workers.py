@@ -28,6 +28,7 @@ from pirus_bridge.chain import IngestSummary, Stages, build
 from pirus_bridge.config import Config
 from pirus_bridge.counter import event_from_json, event_json
 from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, HEARTBEAT_S, LOGLINES, ReliableQueue
+from pirus_bridge.redisconn import AVAILABILITY
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class Worker:
                                             moved, q.name)
                         last_recover = time.monotonic()
                     self.step()
+                    AVAILABILITY.ok()
                 except (redis.ConnectionError, redis.TimeoutError) as e:
-                    log.warning("%s worker: Redis unavailable (%s); retrying", self.role, e)
+                    AVAILABILITY.lost(e)  # one log line per change of state, not per retry
                     interrupted = True
                     self.stopping.wait(2.0)
         finally:
@@ -127,6 +129,8 @@ class ClassifierWorker(Worker):
         for raw in items:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             category, event = self.stages.chain.line(text)
+            if category is None:  # a blank or comment line: dropped
+                continue
             routed.setdefault(CATEGORY_QUEUES[category.value], []).append(raw)
             if event is not None:
                 events.append(event_json(event))

@@ -270,3 +270,51 @@ def test_open_log_iterates_once(tmp_path: Path) -> None:
         list(source)
         with pytest.raises(InputError, match="only once"):
             iter(source)
+
+
+# --- endless lines ----------------------------------------------------------------------------
+
+
+def test_an_endless_line_costs_bounded_memory_and_keeps_exact_offsets(tmp_path: Path) -> None:
+    """A 128 MiB line of NULs, then an ordinary line: both come out, the first cut short (it is
+    unparsed anyway), with exact offsets, and reading never holds more than a few MB."""
+    import tracemalloc
+
+    from pirus_bridge.logparse import LogFormat
+
+    size = 128 << 20
+    normal = '192.0.2.1 - - [14/Oct/2026:10:00:00 +0000] "GET /1234/ HTTP/1.1" 200 5 "-" "UA"'
+    path = tmp_path / "nul.log"
+    with path.open("wb") as f:
+        zeros = b"\0" * (1 << 20)
+        for _ in range(size >> 20):
+            f.write(zeros)
+        f.write(b"\n" + normal.encode() + b"\n" + b"\0" * 300_000)  # and an unfinished one
+    tracemalloc.start()
+    try:
+        with open_log(str(path), max_line_bytes=16384) as src:
+            got = [(n, off, len(text), text if len(text) < 200 else "") for n, off, text in src]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    assert got == [
+        (1, size + 1, 4 * 16384 + 4, ""),
+        (2, size + 1 + len(normal) + 1, len(normal), normal),
+        (3, path.stat().st_size, 4 * 16384 + 4, ""),
+    ]
+    fmt = LogFormat.compile("combined", max_line_bytes=16384)
+    with open_log(str(path), max_line_bytes=16384) as src:
+        parsed = [fmt.parse(text) for _, _, text in src]
+    assert parsed[0] is None and parsed[1] is not None and parsed[2] is None
+    with open_log(str(path), start_offset=size + 1, start_lineno=1) as src:  # resume after it
+        assert [text for _, _, text in src][0] == normal
+
+
+def test_long_lines_within_a_chunk_are_kept_whole(tmp_path: Path) -> None:
+    long = "x" * 100_000
+    path = tmp_path / "long.log"
+    path.write_text(f"{long}\nshort\n")
+    with open_log(str(path), max_line_bytes=256) as src:
+        got = [(n, off, text) for n, off, text in src]
+    assert got == [(1, 100_001, long), (2, 100_007, "short")]
