@@ -55,11 +55,17 @@ SCAN_CHUNK = 500  # items per pipelined round trip when summing over objectitems
 
 
 def line_accounting(r: redis.Redis, month: str) -> dict[str, Any]:
-    """Lines per category for the dashboard's accounting panel.
+    """Lines per category: of ``month`` (the line accounting, by the lines' own timestamps), or
+    with ``month`` empty all lines ever read (the seed's ``u:<category>`` counters, which only
+    grow: what ``/metrics`` counts). ``scope`` says which."""
+    if month:
+        from pirus_bridge.accounting import month_accounting
 
-    For now these are the seed's all-time ``u:<category>`` counters (``scope`` says so); the
-    per-month accounting replaces this function's body when it exists.
-    """
+        a = month_accounting(r, month)
+        usage = a["double_clicks"] + a["investigations"] + a["requests"]
+        return {"month": month, "scope": "lines stamped this month", "lines": a["lines"],
+                "bot": a["robots"], "usage": usage, "notfound": a["notfound"],
+                "other": a["other"], "unparsed": a["unparsed"]}
     values = r.mget(list(keys.CATEGORY_COUNTERS.values()))
     counts = {cat: int(v or 0) for cat, v in zip(keys.CATEGORY_COUNTERS, values, strict=True)}
     return {"month": month, "scope": "all time", "lines": sum(counts.values()), **counts}

@@ -13,6 +13,7 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from pirus_bridge.accounting import month_accounting
 from pirus_bridge.cli import cli
 from pirus_bridge.freshness import source_name, source_statuses
 from pirus_bridge.redact import register_secret
@@ -36,7 +37,7 @@ def demo(tmp_path: Path, redis_url: str, r: redis.Redis) -> Iterator[dict[str, A
     state = fill(cfg, r, tmp_path, time.time())
     server = serve_app(cfg, r, lambda: {"scheduler": True})
     try:
-        yield {**state, "cfg": cfg, "base": f"http://127.0.0.1:{server.port}"}
+        yield {**state, "cfg": cfg, "base": f"http://127.0.0.1:{server.port}", "r": r}
     finally:
         server.stop()
 
@@ -155,7 +156,9 @@ def test_dashboard_json_shows_each_panel(demo: dict[str, Any]) -> None:
     assert {x["reason"] for x in tracker["reasons"]} >= {"HTTP 404: HTTP 404 Not Found"}
     assert sum(x["messages"] for x in tracker["reasons"]) == 7
     assert regional["paused_until"] is not None and regional["circuit"] == "open"
-    assert data["accounting"]["lines"] == demo["summary"].lines
+    month = month_accounting(demo["r"], data["month"])
+    assert data["accounting"]["lines"] == month["lines"] > 0
+    assert data["accounting"]["bot"] == month["robots"]
     usage = data["usage"]
     s = demo["summary"]
     assert usage["totals"]["Total_Item_Requests"] == s.requests
