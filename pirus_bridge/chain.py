@@ -98,6 +98,9 @@ class Lines:
     events: list[UsageEvent]
 
 
+RECENT_LINES = 20_000  # usage lines remembered for telling a second copy from a replay
+
+
 class Chain:
     """The pure stages: parser, classifier (with the mapping) and hasher, for one config."""
 
@@ -105,6 +108,10 @@ class Chain:
         self.parser = parser
         self.classifier = classifier
         self.hasher = hasher
+        # Lines seen lately, and how often: a line written twice (two identical requests in one
+        # second) is two lines, so its second copy gets an identity of its own; a line read
+        # again later (a replay) gets the identity it had the first time.
+        self._recent: dict[str, int] = {}
 
     @property
     def mapping(self) -> Mapping:
@@ -132,7 +139,7 @@ class Chain:
         months: dict[str, dict[str, int]] = {}
         unparsed_at: list[int] = []
         events: list[UsageEvent] = []
-        line_id = self.hasher.line_id
+        line_id = self.line_id
         for month, start, stop in runs:
             result = self.classifier.sort(records[start:stop] if len(runs) > 1 else records)
             per = months.setdefault(month, {})
@@ -143,10 +150,28 @@ class Chain:
             events += [
                 UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
                            rec.user_agent, rec.referer, rec.status, rec.session, m.rule,
-                           line_id(_line_text(rec)))
+                           line_id(rec))
                 for rec, m in result.usage
             ]  # fmt: skip
         return Lines(counts, months, unparsed_at, events)
+
+    def line_id(self, rec: LogRecord) -> str:
+        """The identity of a usage line: the same for the same line read again, another for
+        a second identical line in the same log (its occurrence is part of it)."""
+        text = _line_text(rec)
+        recent = self._recent
+        seen = recent.get(text)
+        if seen is None:
+            if len(recent) >= RECENT_LINES:
+                recent.clear()
+            recent[text] = 1
+            return self.hasher.line_id(text)
+        recent[text] = seen + 1
+        return self.hasher.line_id(f"{text}\x1e{seen}")
+
+    def forget_recent(self) -> None:
+        """Start a new log: occurrences count from one again."""
+        self._recent.clear()
 
 
 def _line_text(rec: LogRecord) -> str:

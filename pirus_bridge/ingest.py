@@ -136,6 +136,7 @@ class Ingester:
         """Ingest one file (``-`` for stdin), resuming at its checkpoint; add to ``summary``."""
         s = summary if summary is not None else IngestSummary()
         started = time.perf_counter()
+        self.stages.chain.forget_recent()
         src = open_log(path, max_line_bytes=self.cfg.log.max_line_bytes)
         checkpoint: FileCheckpoint | None = None
         try:

@@ -96,10 +96,15 @@ def test_one_url_spelled_two_ways_by_the_mapping_is_one_url(
 
 
 def test_a_line_read_twice_is_counted_once(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    """Three identical lines in a log are three requests (one action, two double-clicks); the
+    same log read again through another path adds nothing."""
     line = clf(day("10:00:00"), PAGE)
     s = ingest_lines(tmp_path, redis_url, [line] * 3)
-    assert (s.investigations, s.double_clicks, s.replayed) == (1, 0, 2)
-    assert metrics(r)["Total_Item_Investigations"] == 1
+    assert (s.investigations, s.double_clicks, s.replayed) == (1, 2, 0)
+    again = ingest_lines(tmp_path, redis_url, [clf(day("10:00:00"), PDF)] + [line] * 3)
+    assert (again.investigations, again.requests, again.double_clicks, again.replayed) == (
+        0, 1, 0, 3)
+    assert metrics(r)["Total_Item_Investigations"] == 2
 
 
 def test_double_click_is_per_user_item_and_metric(
