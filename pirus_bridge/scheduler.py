@@ -200,7 +200,7 @@ def follow_until_stopped(cfg: Config, r: redis.Redis, path: Any, stopped: thread
 
     total = IngestSummary()
     while not stopped.is_set():
-        follower = Follower(path)
+        follower = Follower(path, max_line_bytes=cfg.log.max_line_bytes)
         on_follower(follower)
         if stopped.is_set():
             break

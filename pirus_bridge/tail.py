@@ -34,7 +34,7 @@ import redis
 from pirus_bridge import keys
 from pirus_bridge.chain import IngestSummary, Stages
 from pirus_bridge.config import Config
-from pirus_bridge.sources import Block, open_log
+from pirus_bridge.sources import DEFAULT_MAX_LINE_BYTES, Block, open_log
 from pirus_bridge.store import text
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,11 @@ class Follower:
         poll_s: float = 0.25,
         idle_ticks: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.path = Path(path)
+        # of a line longer than log.max_line_bytes (unparsed either way) only the start is kept
+        self.keep_bytes = 4 * max_line_bytes + 4
         self.poll_s = poll_s
         self.idle_ticks = idle_ticks
         self.sleep = sleep
@@ -211,19 +214,27 @@ class Follower:
             f = self._f
             if f is None:
                 return
+        keep = self.keep_bytes
         while True:
-            raw = f.readline()
+            raw = f.readline(keep)
             if not raw:
                 return
-            if not raw.endswith(b"\n"):  # half-written: wait for the rest
-                f.seek(self.offset)
-                return
+            size = len(raw)
+            if not raw.endswith(b"\n"):
+                if size < keep:  # half-written: wait for the rest
+                    f.seek(self.offset)
+                    return
+                rest = _skip_line(f)  # too long to parse: keep only its start
+                if rest is None:  # its end is not written yet
+                    f.seek(self.offset)
+                    return
+                size += rest
             text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             if self.identity is None:
                 self.identity = _identity(text) if self.offset == 0 else first_line_identity(
                     os.pread(f.fileno(), IDENTITY_BYTES + 1, 0))
             before = self.offset
-            self.offset += len(raw)
+            self.offset += size
             self.line += 1
             if self.identity is not None:
                 self._last = Position(self.identity, self.offset, self.line)
@@ -250,6 +261,19 @@ class Follower:
             self._open(0, 0)
             return True
         return False
+
+
+def _skip_line(f: BinaryIO) -> int | None:
+    """Read past the end of the current line; how many bytes that took, or None when the
+    line's end is not in the file yet."""
+    skipped = 0
+    while True:
+        more = f.readline(1 << 20)
+        if not more:
+            return None
+        skipped += len(more)
+        if more.endswith(b"\n"):
+            return skipped
 
 
 class TailCheckpoint:
@@ -286,7 +310,7 @@ def follow(cfg: Config, r: redis.Redis, path: str | Path, *, stages: Stages | No
     from pirus_bridge.ingest import Ingester
 
     path = Path(path)
-    follower = follower or Follower(path)
+    follower = follower or Follower(path, max_line_bytes=cfg.log.max_line_bytes)
     checkpoint = TailCheckpoint(path, follower)
     follower.resume(checkpoint.saved_position(r))
     summary = IngestSummary()
