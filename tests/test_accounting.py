@@ -67,13 +67,18 @@ def test_accounting_is_unchanged_by_a_replay(tmp_path: Path, redis_url: str,
     assert month_accounting(r, "2026-10") == before
 
 
-def test_accounting_cli_json(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+def config_file(tmp_path: Path, redis_url: str) -> Path:
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({
         "redis": {"url": redis_url},
         "repository": {"host": "eprints.example.ac.uk", "base_url": "https://eprints.example.ac.uk",
                        "mapping": str(ROOT / "mappings" / "eprints3.yaml")},
     }))
+    return config
+
+
+def test_accounting_cli_json(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    config = config_file(tmp_path, redis_url)
     runner = CliRunner()
     assert runner.invoke(cli, ["--config", str(config), "ingest", str(SAMPLE)]).exit_code == 0
     out = runner.invoke(cli, ["--config", str(config), "accounting", "--month", "2026-10",
@@ -142,12 +147,7 @@ def test_explain_a_chain_that_goes_on_after_midnight(tmp_path: Path, redis_url: 
 
 
 def test_explain_cli_file_and_line(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(json.dumps({
-        "redis": {"url": redis_url},
-        "repository": {"host": "eprints.example.ac.uk", "base_url": "https://eprints.example.ac.uk",
-                       "mapping": str(ROOT / "mappings" / "eprints3.yaml")},
-    }))
+    config = config_file(tmp_path, redis_url)
     runner = CliRunner()
     out = runner.invoke(cli, ["--config", str(config), "explain", "--json", "--file", str(SAMPLE),
                               "--line", "1"])

@@ -230,9 +230,6 @@ local function session_of(kind, user, sec)
   return user
 end
 
--- An action that is superseded: its counts go, and so does its message where still pending.
--- Returns whether some gatherer already has (or is sending) it: then the action that takes its
--- place must not be sent again to that gatherer.
 local net = {} -- per gatherer: the change in its messages, for the click in hand
 -- Messages enqueued by this call, per gatherer: id -> month; their ZADDs are issued once, at
 -- the end (one command for many), after any withdrawal later in the call has taken them out.
@@ -241,12 +238,15 @@ for g = 0, ngatherers - 1 do
   fresh[g] = {}
 end
 
-local function withdraw(hh, sec, request, kind, user, client, field)
+-- An action that is superseded: its counts go, and so does its message where still pending.
+-- Where a gatherer already has (or is being sent) it, covered[g] is set: the action that takes
+-- its place must not be sent to that gatherer again.
+local function withdraw(hh, sec, seg_client, request, kind, user, field, covered)
+  local client = seg_client ~= '' and seg_client or user
   apply(hh, sec, request, session_of(kind, user, sec), client, -1)
   redis.call('HINCRBY', KEYS[hh.ik + 1], hh.day.DC, ONE)
-  local covered = {}
   if ngatherers == 0 then
-    return covered
+    return
   end
   local id = action_id(hh.id, field, hh.day.start + sec)
   for g = 0, ngatherers - 1 do
@@ -269,7 +269,6 @@ local function withdraw(hh, sec, request, kind, user, client, field)
       covered[g] = true
     end
   end
-  return covered
 end
 
 local function count_string(n)
@@ -360,10 +359,7 @@ for e = 0, nclicks - 1 do
         for _, x in ipairs(before) do
           had[x[1]] = true
           if not kept[x[1]] then
-            for g in pairs(withdraw(hh, x[1], request, kind, user,
-                                    x[2] ~= '' and x[2] or user, field)) do
-              covered[g] = true
-            end
+            withdraw(hh, x[1], x[2], request, kind, user, field, covered)
             da, dd = da - 1, dd + 1
           end
         end
@@ -381,10 +377,7 @@ for e = 0, nclicks - 1 do
             local gap_now = DAY - last[2] + segs[1][1]
             local gap_was = old_first and (DAY - last[2] + old_first)
             if gap_now <= window and not (gap_was and gap_was <= window) then
-              for g in pairs(withdraw(prev_hh, last[2], request, kind, user,
-                                      last[3] ~= '' and last[3] or user, field)) do
-                covered[g] = true
-              end
+              withdraw(prev_hh, last[2], last[3], request, kind, user, field, covered)
               da, dd = da - 1, dd + 1
             end
           end
