@@ -21,7 +21,7 @@ from pirus_bridge import keys
 from pirus_bridge.classify import Category, Classifier, RobotDetector
 from pirus_bridge.config import Config, GathererConfig
 from pirus_bridge.counter import Hasher, utc_month
-from pirus_bridge.events import MetricType, UsageEvent
+from pirus_bridge.events import UsageEvent
 from pirus_bridge.logparse import SKIPPED, LogFormat, LogRecord
 from pirus_bridge.mapping import Mapping
 from pirus_bridge.outbox import message_json, qualifies
@@ -204,7 +204,6 @@ class Prepared:
     """Counting writes queued on a pipeline, and what is needed to account for their reply."""
 
     count_index: int | None  # where the counting script's reply is, if events were counted
-    requests: list[bool]  # per event: is it a Request
     gatherers: list[str]  # the gatherers of the batch, in the script's order
     hashes: list[tuple[int, str]] = field(default_factory=list)  # day hashes: (day, key)
 
@@ -233,8 +232,6 @@ class Recorder:
         with_metadata = self._with_metadata
         known = self._known_items
         new_oai: list[tuple[str, str]] = []
-        request = MetricType.REQUEST
-        requests: list[bool] = []
         for event in events:
             if event.item not in known or not event.oai_identifier:
                 event = with_metadata(event, new_oai)
@@ -248,13 +245,12 @@ class Recorder:
                 else:
                     bodies.append("")
             add(event, identities(event), url_key(event.url), bodies)
-            requests.append(event.metric is request)
         self.store.remember_oai_identifiers(pipe, new_oai)
         count_index = len(pipe) if events else None
         if events:
             count.queue(pipe)
             pipe.sadd(keys.OBJECTITEMS, *count.items())
-        return Prepared(count_index, requests, [g.name for g in gatherers], count.hashes())
+        return Prepared(count_index, [g.name for g in gatherers], count.hashes())
 
     @staticmethod
     def account(prepared: Prepared, replies: list[Any], s: IngestSummary) -> None:
@@ -264,17 +260,16 @@ class Recorder:
         reply = replies[prepared.count_index]
         enqueued_by = s.enqueued
         names = prepared.gatherers
-        for is_request, actions, doubles, messages in zip(
-            prepared.requests, reply[0::3], reply[1::3], reply[2::3], strict=True
+        for investigations, requests, doubles, messages, robots in zip(
+            reply[0::5], reply[1::5], reply[2::5], reply[3::5], reply[4::5], strict=True
         ):
-            if actions == b"r":
+            if investigations == b"r":
                 s.replayed += 1
                 continue
+            s.investigations += investigations
+            s.requests += requests
             s.double_clicks += doubles
-            if is_request:
-                s.requests += actions
-            else:
-                s.investigations += actions
+            s.bots += robots
             if isinstance(messages, int):  # one gatherer (or none: 0)
                 if messages:
                     enqueued_by[names[0]] = enqueued_by.get(names[0], 0) + messages
@@ -336,7 +331,7 @@ def build(cfg: Config, r: redis.Redis, *, send: bool = True,
     build the stages from values."""
     repo = cfg.repository
     mapping = mapping or Mapping.load(repo.mapping, host=repo.host, base_url=repo.base_url)
-    store = UsageStore(r, cfg.counting)
+    store = UsageStore(r, cfg.counting, volume_per_day=cfg.bots.volume_per_day)
     robots = RobotDetector(cfg.bots, extra_ips=store.bot_ips())
     classifier = Classifier(robots, mapping, cfg.counting)
     parser = LogFormat.compile(cfg.log.format, session=cfg.log.session,

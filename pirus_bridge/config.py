@@ -64,6 +64,9 @@ class BotsConfig:
     ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     user_agents: tuple[re.Pattern[str], ...] = ()
     counter_list: bool = True  # the COUNTER robots list from the counter-robots package
+    # the volume rule: a user (IP + User-Agent, or a logged session) with more usage lines than
+    # this in one UTC day is excluded for the whole day; 0 turns the rule off
+    volume_per_day: int = 500
 
 
 @dataclass(frozen=True)
@@ -414,8 +417,10 @@ def _read_bots(s: _Section) -> BotsConfig:
         except re.error as e:
             s.problem(f"user_agents[{i}]", f"invalid regex {value!r}: {e}")
     counter_list = s.get("counter_list", _boolean, True)
+    volume = s.get("volume_per_day", _integer(0), 500)
     s.finish()
-    return BotsConfig(ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list)
+    return BotsConfig(ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list,
+                      volume_per_day=volume)
 
 
 def _read_counting(s: _Section) -> CountingConfig:

@@ -150,9 +150,9 @@ class Hasher:
         return h.hexdigest()
 
 
-def chain_field(ids: Identities, url_key: str) -> str:
+def chain_field(ids: Identities, url_key: str, metric: MetricType) -> str:
     """The day hash field of a user's chains on one URL (``lua/count.lua``)."""
-    return f"k:{ids.user}{url_key}"
+    return f"k{metric.code}:{ids.user}{url_key}"
 
 
 def action_id(item: str, field: str, ts: int) -> str:
@@ -200,11 +200,13 @@ class Action(NamedTuple):
 @dataclass
 class Counts:
     """What the rules make of a set of clicks: per item and month the four COUNTER metrics and
-    the double-click lines (``DC``), the seed's daily-unique series, and the actions."""
+    the double-click lines (``DC``), the seed's daily-unique series, the actions, and per month
+    the lines the volume rule made robots'."""
 
     months: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     daily: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
+    robots: dict[str, int] = field(default_factory=dict)  # lines the volume rule excluded
 
 
 def chains(times: Iterable[int], window: int) -> list[list[int]]:
@@ -218,20 +220,33 @@ def chains(times: Iterable[int], window: int) -> list[list[int]]:
     return out
 
 
-def reference_counts(clicks: Iterable[Click], window: int = 30) -> Counts:
+def reference_counts(clicks: Iterable[Click], window: int = 30,
+                     volume_per_day: int = 0) -> Counts:
     """Count a set of clicks from scratch (the statement of the rules; the tests' oracle).
 
-    A chain's clicks all have one user and URL, so one item and metric type. The last click is
-    the action; the others are double-click lines, counted in their own month. Unique_Item_*
-    count each (item, UTC day, session) once per month: Investigations over actions of both
-    types, Requests over Requests. The daily unique counts (item, UTC day, client), views and
-    downloads apart.
+    The volume rule first: a user with more than ``volume_per_day`` lines in a UTC day (0: no
+    limit) is a robot for that whole day; their lines are counted in ``robots`` (per month) and
+    nothing else. Then chains: a chain's clicks all have one user and URL, so one item and
+    metric type. The last click is the action; the others are double-click lines, counted in
+    their own month. Unique_Item_* count each (item, UTC day, session) once per month:
+    Investigations over actions of both types, Requests over Requests. The daily unique counts
+    (item, UTC day, client), views and downloads apart.
     """
     by_line = {c.line: c for c in clicks}  # replays: one click per distinct line
+    counts = Counts()
+    if volume_per_day:
+        per_day: dict[tuple[str, int], int] = defaultdict(int)
+        for c in by_line.values():
+            per_day[c.user, c.ts // DAY] += 1
+        excluded = {k for k, n in per_day.items() if n > volume_per_day}
+        for c in by_line.values():
+            if (c.user, c.ts // DAY) in excluded:
+                month = utc_month(c.ts)
+                counts.robots[month] = counts.robots.get(month, 0) + 1
+        by_line = {k: c for k, c in by_line.items() if (c.user, c.ts // DAY) not in excluded}
     by_key: dict[tuple[str, str, str], list[Click]] = defaultdict(list)
     for c in by_line.values():
         by_key[c.item, c.user, c.url].append(c)
-    counts = Counts()
     months = counts.months
     sessions_i: set[tuple[str, str, str]] = set()
     sessions_r: set[tuple[str, str, str]] = set()

@@ -94,10 +94,15 @@ def _counting_status(stages: Stages, r: redis.Redis, event: UsageEvent,
                      following: Iterable[str]) -> str:
     hasher = stages.chain.hasher
     ids = hasher.identities(event)
-    field = chain_field(ids, hasher.url_key(event.url))
+    field = chain_field(ids, hasher.url_key(event.url), event.metric)
     day = event.ts // DAY
     key = keys.day_state(utc_day(event.ts), event.item)
     seen, chains = r.hmget(key, f"L:{event.line}", field)
+    limit = stages.cfg.bots.volume_per_day
+    if seen is not None and limit and r.hget(keys.volume(utc_day(event.ts)), ids.user) == b"x":
+        return (f"not counted: this user made more than {limit} usage requests on "
+                f"{utc_day(event.ts)} (bots.volume_per_day), so the whole day is excluded as "
+                "a robot's")
     if seen is None:
         grace = stages.cfg.counting.day_close_grace_h * 3600
         if (day + 1) * DAY + grace < time.time() and not r.exists(key):

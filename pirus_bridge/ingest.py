@@ -273,6 +273,8 @@ class _Run:
         gatherers = [g.name for g in self.stages.gatherers]
         if self.run_id is not None:
             bound = float("inf") if final else self.watermark - self.hold_s
+            if self.stages.cfg.bots.volume_per_day and not final:
+                bound -= bound % DAY  # the volume rule decides a user's day once it is over
             self.stages.store.release_held(pipe, gatherers, self.run_id, bound)
         self.closer.close(pipe, self.watermark)
         if n:

@@ -36,8 +36,9 @@ Counting (all item-tagged)
                                     seed's per-day client sets, folded into one small hash that
                                     expires once the day is closed), fields:
                                     ``L:<line>`` the log line was counted (its identity);
-                                    ``k:<user><url>`` the user's chains of clicks on that
-                                    URL, ``a-b a-b`` in seconds of the day (R5.1 double-clicks);
+                                    ``kI:<user><url>`` / ``kR:`` the user's chains of clicks on
+                                    that URL, ``a-b a-b`` in seconds of the day (R5.1
+                                    double-clicks); ``n:<user>`` the user's lines on the item;
                                     ``I:<session>`` / ``R:<session>`` actions of the COUNTER
                                     session on the item (Unique_Item_*);
                                     ``v:<client>`` / ``d:<client>`` view / download actions of
@@ -53,6 +54,10 @@ Processing
                                     first line hashes to ``id``: entry id → JSON (offset, line,
                                     head and tail digests; ``pirus_bridge.checkpoint``)
     ``ingest:<id>:lock``            string: the lease of the run reading such a stream
+    ``vol:<YYYY-MM-DD>``            hash: the volume rule's count of each user's usage lines that
+                                    day (field ``<user>``, ``x`` once excluded) and the items
+                                    they were on (``i:<user>``, tab-separated); expires with
+                                    the day's dedupe state
     ``acct:<YYYY-MM>``              hash: the month's line accounting of the lines that are not
                                     usage, by the lines' own timestamps: ``unparsed``, ``bot``,
                                     ``bot:<source>``, ``notfound``, ``other`` (usage lines are
@@ -186,6 +191,11 @@ def tail_position(path: str) -> str:
 
 def ingest_lock(identity: str) -> str:
     return f"ingest:{identity}:lock"
+
+
+def volume(day: str) -> str:
+    """``vol:<YYYY-MM-DD>``: each user's usage lines of the day, for the volume rule."""
+    return f"vol:{day}"
 
 
 def accounting(month: str) -> str:

@@ -69,9 +69,11 @@ def empty_metrics() -> dict[str, int]:
 class UsageStore:
     """Counting writes for usage events, and read queries over the counts."""
 
-    def __init__(self, r: redis.Redis, counting: CountingConfig | None = None) -> None:
+    def __init__(self, r: redis.Redis, counting: CountingConfig | None = None, *,
+                 volume_per_day: int = 0) -> None:
         self.r = r
         self.counting = counting or CountingConfig()
+        self.volume_per_day = volume_per_day  # bots.volume_per_day; 0: no volume rule
         self.grace_s = self.counting.day_close_grace_h * 3600
         self._item_keys: dict[str, tuple[str, ...]] = {}
         self._days: dict[int, tuple[str, str]] = {}
@@ -230,8 +232,9 @@ class CountBatch:
 
     The script decides each click exactly as a call of its own would, but the whole batch costs
     one command: the bulk path puts one batch, its counters and its checkpoint in one
-    MULTI/EXEC. The reply is ``[actions change, double-click change, enqueued]`` per click,
-    flattened (``"r"`` in place of the first for a replayed line).
+    MULTI/EXEC. The reply has five values per click, flattened (see ``lua/count.lua``):
+    Investigation and Request actions change, double-click lines change, messages change,
+    robot lines change (the volume rule); ``"r"`` first for a replayed line.
 
     Keys and day strings are sent once per batch: each click names its item's day hash by
     number, and, within the double-click window of midnight, the neighbouring day's hash, where
@@ -240,8 +243,8 @@ class CountBatch:
 
     __slots__ = (
         "store", "now", "window", "ngatherers", "size", "args", "hold", "_gatherer_keys",
-        "_items", "_item_keys", "_item_ids", "_days", "_day_args", "_hashes", "_hash_keys",
-        "_hash_args",
+        "_items", "_item_keys", "_item_ids", "_days", "_day_args", "_day_keys", "_hashes",
+        "_hash_keys", "_hash_args",
     )  # fmt: skip
 
     def __init__(self, store: UsageStore, gatherers: Sequence[str], now: float,
@@ -262,6 +265,7 @@ class CountBatch:
         self._item_ids: list[str] = []
         self._days: dict[int, int] = {}  # day number -> 1-based number
         self._day_args: list[Any] = []
+        self._day_keys: list[str] = []
         self._hashes: dict[tuple[str, int], int] = {}  # (item, day) -> 1-based number
         self._hash_keys: list[str] = []
         self._hash_args: list[int] = []
@@ -288,12 +292,14 @@ class CountBatch:
         # The head's fields are numbers, letters and hex digests: never a space inside one.
         user = ids.user
         session = user + _HOURS[into_day // 3600] if ids.kind == SURROGATE else user
-        field = f"k:{user}{url_key}"
-        msg = action_id(item, field, ts) if self.ngatherers else "-"
         if event.metric is _REQUEST:
+            field = f"kR:{user}{url_key}"
+            msg = action_id(item, field, ts) if self.ngatherers else "-"
             self.args.append(f"{ts} {into_day} {own} {prev} {nxt} R {ids.kind} L:{event.line} "
                              f"{field} I:{session} d:{ids.client} {msg}")
         else:
+            field = f"kI:{user}{url_key}"
+            msg = action_id(item, field, ts) if self.ngatherers else "-"
             self.args.append(f"{ts} {into_day} {own} {prev} {nxt} I {ids.kind} L:{event.line} "
                              f"{field} I:{session} v:{ids.client} {msg}")
         if self.ngatherers:
@@ -309,7 +315,9 @@ class CountBatch:
         d = self._days.get(day)
         if d is None:
             name, month = self.store._day(day)
-            self._day_args += (day, name, month, day_state_ttl(day, self.now, self.store.grace_s))
+            self._day_args += (day, name, month, day_state_ttl(day, self.now, self.store.grace_s),
+                               self.store._day(day + 1)[0], *self.store._day(day - 1))
+            self._day_keys += (keys.volume(name), keys.accounting(month))
             d = self._days[day] = len(self._days) + 1
         self._hash_keys.append(keys.day_state(self.store._day(day)[0], item))
         self._hash_args += (d, n)
@@ -328,10 +336,11 @@ class CountBatch:
         """Queue the script call on ``pipe`` (nothing when the batch is empty)."""
         if not self.size:
             return
-        all_keys = self._gatherer_keys + self._item_keys + self._hash_keys
-        due = int(self.now) + self.store.hold_s()
+        all_keys = self._gatherer_keys + self._day_keys + self._item_keys + self._hash_keys
+        hold = self.store.hold_s()
         pipe.eval(
-            COUNT_LUA, len(all_keys), *all_keys, self.window, due, 1 if self.hold else 0,
-            self.ngatherers, len(self._days), len(self._item_ids), len(self._hash_keys),
+            COUNT_LUA, len(all_keys), *all_keys, self.window, int(self.now) + hold,
+            1 if self.hold else 0, self.ngatherers, len(self._days), len(self._item_ids),
+            len(self._hash_keys), self.store.volume_per_day, hold,
             *self._day_args, *self._item_ids, *self._hash_args, *self.args,
         )  # fmt: skip

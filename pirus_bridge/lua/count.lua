@@ -8,40 +8,51 @@
 --
 -- Dedupe state of an item on a UTC day is ONE hash, <day>:{item} (keys.day_state), fields:
 --   L:<line>              the log line was counted (a replay of it changes nothing)
---   k:<user><url>         the user's clicks on that URL that day, as chains: 'a-b a-b' in
+--   kI|kR:<user><url>     the user's clicks on that URL that day, as chains: 'a-b a-b' in
 --                         seconds of the day, first and last click of each chain ('a-b:c' with
 --                         a log session id: c is the client of the retained click b)
 --   I:<session>           number of actions (Investigations or Requests) of the session on the
 --                         item that day; R:<session> the Requests among them (Unique_Item_*)
 --   v:<client>/d:<client> number of view / download actions of the client (daily unique)
+--   n:<user>              usage lines of the user on the item that day (the volume rule)
 --   _                     the hash exists, so it has its TTL
+-- Volume rule (bots.volume): vol:<day> counts each user's usage lines of the UTC day (field
+-- <user>) and names the items they were on (field i:<user>, tab-separated). A user that passes
+-- the limit is excluded for the whole day: every action of theirs that day is taken back, their
+-- lines move to the month's robots ('bot:volume' of acct:<month>), and later lines of theirs
+-- that day count there directly (<user> is then 'x').
 -- Chains cross midnight: a day's last chain continues into the next day's first chain when the
 -- gap is at most the window; the action is then the later day's. A chain is one action, at its
 -- last click.
 --
 -- KEYS  6 per gatherer: ob:{g}:msg, :pending, :sent, :failed, :stats, :held (held: with ARGV
 --         holding = 1, the run's messages not yet final, by event time)
+--       then 2 per day: vol:<day>, acct:<month>
 --       then 6 per item: c:, dly:, dv:, dd:, t:views:, t:dls:
 --       then 1 per day hash <day>:{item}
+--       (an excluded user's other items are reached by name: keys.py names them the same way)
 -- ARGV  1 window s  2 due (score of a new pending message)  3 holding (0|1)  4 gatherers G
---       5 days D  6 items N  7 hashes H
---       then 4 per day: day number (epoch s // 86400), YYYY-MM-DD, YYYY-MM, TTL s of its hashes
+--       5 days D  6 items N  7 hashes H  8 volume limit (0: no volume rule)  9 hold s (with the
+--       volume rule a message is not due before its day's end plus this)
+--       then 7 per day: day number (epoch s // 86400), YYYY-MM-DD, YYYY-MM, TTL s of its hashes,
+--         the next day's YYYY-MM-DD, the day before's YYYY-MM-DD and YYYY-MM
 --       then 1 per item: its id
 --       then 2 per hash: its day (1-based), its item (1-based)
 --       then 1 + G per click: its head, then per gatherer the message JSON ('' when the click's
 --         action would not go to that gatherer). The head (one string: few arguments are cheaper
 --         than many):
---         '<ts> <sec> <hash> <prev> <next> <I|R> <h|s> L:<line> k:<user><url> I:<session>
---          v:<client> <message id>' (d:<client> for a Request; the message id of the action
---          the click would be: pirus_bridge.counter.action_id, '-' without gatherers)
+--         '<ts> <sec> <hash> <prev> <next> <I|R> <h|s> L:<line> kI:<user><url> I:<session>
+--          v:<client> <message id>' (kR: and d:<client> for a Request; the message id of the
+--          action the click would be: pirus_bridge.counter.action_id, '-' without gatherers)
 --         sec: seconds into its UTC day; hash: 1-based; prev/next: the neighbouring day's hash
 --         of the item near midnight, 0 when not needed; h: the session is the user and the
 --         hour (IP|User-Agent|day|HH) and the client is the user; s: the log's session id is
 --         the user and the session. user, client: 16 hex digits; url: 8.
--- Returns three values per click, flattened: the change in the number of actions (-1, 0, 1),
--- the change in double-click lines (0, 1, 2) and the change in messages (+1 enqueued, -1 a
--- superseded action's message withdrawn: a number with one gatherer, a list of G numbers with
--- several, 0 with none); a line already counted (a replay) gives 'r', 0, 0 and changes nothing.
+-- Returns five values per click, flattened: the change in the number of Investigation actions
+-- and of Request actions, the change in double-click lines, the change in messages (+1
+-- enqueued, -1 a superseded action's message withdrawn: a number with one gatherer, a list of G
+-- numbers with several, 0 with none) and the change in robot lines (the volume rule); a line
+-- already counted (a replay) gives 'r', 0, 0, 0, 0 and changes nothing.
 local window = tonumber(ARGV[1])
 local due = ARGV[2]
 local holding = ARGV[3] == '1'
@@ -49,10 +60,13 @@ local ngatherers = tonumber(ARGV[4])
 local ndays = tonumber(ARGV[5])
 local nitems = tonumber(ARGV[6])
 local nhashes = tonumber(ARGV[7])
-local ibase = ngatherers * 6              -- KEYS[ibase + (i-1)*6 + 1] is item i's c:
+local limit = tonumber(ARGV[8])
+local hold = tonumber(ARGV[9])
+local vbase = ngatherers * 6              -- KEYS[vbase + (d-1)*2 + 1] is day d's vol:
+local ibase = vbase + ndays * 2           -- KEYS[ibase + (i-1)*6 + 1] is item i's c:
 local hbase = ibase + nitems * 6          -- KEYS[hbase + h] is hash h
-local dargs = 7                           -- ARGV[dargs + (d-1)*4 + 1] starts day d
-local iargs = dargs + ndays * 4           -- ARGV[iargs + i] is item i's id
+local dargs = 9                           -- ARGV[dargs + (d-1)*7 + 1] starts day d
+local iargs = dargs + ndays * 7           -- ARGV[iargs + i] is item i's id
 local hargs = iargs + nitems              -- ARGV[hargs + (h-1)*2 + 1] is hash h's day
 local eargs = hargs + nhashes * 2         -- first click's head is ARGV[eargs + 1]
 local estride = 1 + ngatherers
@@ -61,22 +75,41 @@ local HEAD = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%u) (%l) (%S+) (%S+) (%S+) (%S+) (
 local ONE = '1' -- counts as strings: Lua would format a number with printf
 local DAY = 86400
 
-local days = {}
-for d = 1, ndays do
-  local a = dargs + (d - 1) * 4
-  local month = ARGV[a + 3]
-  days[d] = {
-    start = tonumber(ARGV[a + 1]) * DAY, day = ARGV[a + 2], month = month, ttl = ARGV[a + 4],
+-- A day's strings and the hash fields of its month's COUNTER metrics.
+local function day_info(start, day, month)
+  return {
+    start = start, day = day, month = month,
     TII = month .. ':TII', UII = month .. ':UII', TIR = month .. ':TIR', UIR = month .. ':UIR',
-    DC = month .. ':DC', v = ARGV[a + 2] .. ':v', d = ARGV[a + 2] .. ':d',
+    DC = month .. ':DC', v = day .. ':v', d = day .. ':d',
   }
 end
+
+local days = {}
+for d = 1, ndays do
+  local a = dargs + (d - 1) * 7
+  local info = day_info(tonumber(ARGV[a + 1]) * DAY, ARGV[a + 2], ARGV[a + 3])
+  info.ttl = ARGV[a + 4]
+  info.next = ARGV[a + 5]
+  info.prev = day_info(info.start - DAY, ARGV[a + 6], ARGV[a + 7])
+  info.vol = KEYS[vbase + (d - 1) * 2 + 1]
+  info.acct = KEYS[vbase + (d - 1) * 2 + 2]
+  days[d] = info
+end
+
+-- A day hash and the keys of its item, by name: {key, day, id, c, dly, dv, dd, tv, td}.
+local function hash_of(key, info, id, item_keys)
+  return {key = key, day = info, id = id, c = item_keys[1], dly = item_keys[2],
+          dv = item_keys[3], dd = item_keys[4], tv = item_keys[5], td = item_keys[6]}
+end
+
 local hashes = {}
 for h = 1, nhashes do
   local a = hargs + (h - 1) * 2
   local i = tonumber(ARGV[a + 2])
-  hashes[h] = {key = KEYS[hbase + h], day = days[tonumber(ARGV[a + 1])], item = i,
-               id = ARGV[iargs + i], ik = ibase + (i - 1) * 6}
+  local ik = ibase + (i - 1) * 6
+  hashes[h] = hash_of(KEYS[hbase + h], days[tonumber(ARGV[a + 1])], ARGV[iargs + i],
+                      {KEYS[ik + 1], KEYS[ik + 2], KEYS[ik + 3], KEYS[ik + 4], KEYS[ik + 5],
+                       KEYS[ik + 6]})
 end
 
 -- A message already delivered or given up on is never enqueued again; a backfill usually has
@@ -167,19 +200,19 @@ end
 -- The seed's rule: one per client per item per day, into dly:, dv|dd: and t:views|dls:; a
 -- client's first action of the day on the item (+1), or its last one withdrawn (-1).
 local function daily_unique(hh, request, delta)
-  local info, ik = hh.day, hh.ik
-  local field, dates, total = info.v, KEYS[ik + 3], KEYS[ik + 5]
+  local info = hh.day
+  local field, dates, total = info.v, hh.dv, hh.tv
   if request then
-    field, dates, total = info.d, KEYS[ik + 4], KEYS[ik + 6]
+    field, dates, total = info.d, hh.dd, hh.td
   end
   if delta > 0 then
-    if redis.call('HINCRBY', KEYS[ik + 2], field, 1) == 1 then
+    if redis.call('HINCRBY', hh.dly, field, 1) == 1 then
       redis.call('SADD', dates, info.day)
     end
     redis.call('INCR', total)
   else
-    if redis.call('HINCRBY', KEYS[ik + 2], field, -1) <= 0 then
-      redis.call('HDEL', KEYS[ik + 2], field)
+    if redis.call('HINCRBY', hh.dly, field, -1) <= 0 then
+      redis.call('HDEL', hh.dly, field)
       redis.call('SREM', dates, info.day)
     end
     redis.call('DECR', total)
@@ -188,8 +221,8 @@ end
 
 -- The effects of one action (at second sec of hash hh's day) appearing (+1) or going (-1).
 local function apply(hh, sec, request, session, client, delta)
-  local key, info, ik = hh.key, hh.day, hh.ik
-  local metrics = KEYS[ik + 1]
+  local key, info = hh.key, hh.day
+  local metrics = hh.c
   redis.call('HINCRBY', metrics, info.TII, delta)
   local n = redis.call('HINCRBY', key, 'I:' .. session, delta)
   if n == 1 and delta > 0 then
@@ -233,7 +266,7 @@ end
 local net = {} -- per gatherer: the change in its messages, for the click in hand
 -- Messages enqueued by this call, per gatherer: id -> month; their ZADDs are issued once, at
 -- the end (one command for many), after any withdrawal later in the call has taken them out.
-local fresh, fresh_ts = {}, {}
+local fresh, fresh_ts, fresh_due = {}, {}, {}
 for g = 0, ngatherers - 1 do
   fresh[g] = {}
 end
@@ -244,7 +277,6 @@ end
 local function withdraw(hh, sec, seg_client, request, kind, user, field, covered)
   local client = seg_client ~= '' and seg_client or user
   apply(hh, sec, request, session_of(kind, user, sec), client, -1)
-  redis.call('HINCRBY', KEYS[hh.ik + 1], hh.day.DC, ONE)
   if ngatherers == 0 then
     return
   end
@@ -275,7 +307,107 @@ local function count_string(n)
   return n == 1 and ONE or tostring(n)
 end
 
+-- keys.tag: an item id as a Cluster hash tag, braces inside it replaced
+local function tag(item)
+  local t = string.gsub(string.gsub(item, '{', '('), '}', ')')
+  return '{' .. t .. '}'
+end
+
+-- The day hash of any item on one of the batch's days, with its item's keys, by name.
+local function item_hash(info, item)
+  local t = tag(item)
+  return hash_of(info.day .. ':' .. t, info, item,
+                 {'c:' .. t, 'dly:' .. t, 'dv:' .. t, 'dd:' .. t, 't:views:' .. t,
+                  't:dls:' .. t})
+end
+
+-- The volume rule: take back every action of the user on the day and turn all their lines of
+-- the day into robot lines. Returns the lines and the Investigation / Request actions taken
+-- back, and the double-click lines that are no longer double-clicks.
+local function exclude(user, kind, info)
+  local lines, dI, dR, ddc = 0, 0, 0, 0
+  local items = redis.call('HGET', info.vol, 'i:' .. user)
+  local covered = {}
+  for item in string.gmatch(items or '', '[^\t]+') do
+    local hh = item_hash(info, item)
+    local n = tonumber(redis.call('HGET', hh.key, 'n:' .. user)) or 0
+    local actions = 0
+    local cursor = '0'
+    repeat
+      local page = redis.call('HSCAN', hh.key, cursor, 'MATCH', 'k?:' .. user .. '*',
+                              'COUNT', 1000)
+      cursor = page[1]
+      local found = page[2]
+      for j = 1, #found, 2 do
+        local field = found[j]
+        local request = string.sub(field, 2, 2) == 'R'
+        local segs = parse(found[j + 1])
+        local next_first = nil
+        local last = segs[#segs]
+        if last and last[2] >= DAY - window then
+          local nsegs = parse(redis.call('HGET', info.next .. ':' .. tag(item), field))
+          if nsegs[1] then
+            next_first = nsegs[1][1] + DAY
+          end
+        end
+        for _, x in ipairs(ends(segs, next_first)) do
+          withdraw(hh, x[1], x[2], request, kind, user, field, covered)
+          actions = actions + 1
+          if request then
+            dR = dR - 1
+          else
+            dI = dI - 1
+          end
+        end
+        -- A chain of the day before that went on into this day had its action taken by this
+        -- day's chain: with this day's lines gone, it is an action again. (Its message was
+        -- withdrawn when it was superseded and is not sent again: the rare price of exactness
+        -- in the counts.)
+        if segs[1] and segs[1][1] < window then
+          local before = item_hash(info.prev, item)
+          local psegs = parse(redis.call('HGET', before.key, field))
+          local last = psegs[#psegs]
+          if last and DAY - last[2] + segs[1][1] <= window then
+            local client = last[3] ~= '' and last[3] or user
+            apply(before, last[2], request, session_of(kind, user, last[2]), client, 1)
+            redis.call('HINCRBY', before.c, before.day.DC, -1)
+            ddc = ddc - 1
+            if request then
+              dR = dR + 1
+            else
+              dI = dI + 1
+            end
+          end
+        end
+        redis.call('HDEL', hh.key, field)
+      end
+    until cursor == '0'
+    if n > actions then
+      redis.call('HINCRBY', hh.c, info.DC, actions - n)
+      ddc = ddc + actions - n
+    end
+    redis.call('HDEL', hh.key, 'n:' .. user)
+    lines = lines + n
+  end
+  redis.call('HDEL', info.vol, 'i:' .. user)
+  return lines, dI, dR, ddc
+end
+
 local out = {}
+local function reply(dI, dR, dd, robots)
+  out[#out + 1] = dI
+  out[#out + 1] = dR
+  out[#out + 1] = dd
+  if ngatherers == 1 then
+    out[#out + 1] = net[1]
+  elseif ngatherers == 0 then
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = {unpack(net, 1, ngatherers)}
+  end
+  out[#out + 1] = robots
+end
+
 for e = 0, nclicks - 1 do
   local a = eargs + e * estride
   local at, secs, hx, px, nx, code, kind, lfield, field, ifield, cfield, id =
@@ -283,21 +415,55 @@ for e = 0, nclicks - 1 do
   local hh = hashes[tonumber(hx)]
   local key, info = hh.key, hh.day
   local request = code == 'R'
+  local user = string.sub(field, 4, 19)
+  local nfield = 'n:' .. user
   local rfield, seen
   if request then
     rfield = 'R' .. string.sub(ifield, 2)
-    seen = redis.call('HMGET', key, lfield, field, '_', ifield, cfield, rfield)
+    seen = redis.call('HMGET', key, lfield, field, '_', ifield, cfield, nfield, rfield)
   else
-    seen = redis.call('HMGET', key, lfield, field, '_', ifield, cfield)
+    seen = redis.call('HMGET', key, lfield, field, '_', ifield, cfield, nfield)
   end
   for g = 1, ngatherers do
     net[g] = 0
+  end
+  -- The volume rule first: a user already excluded for the day, or who now passes the limit.
+  local volume = nil -- nil: counted as usage; else the robot lines this click makes
+  local vdI, vdR, vdd = 0, 0, 0
+  if not seen[1] and limit > 0 then
+    if redis.call('HGET', info.vol, user) == 'x' then
+      volume = 1
+    else
+      local n = redis.call('HINCRBY', info.vol, user, ONE)
+      if n == 1 then
+        redis.call('EXPIRE', info.vol, info.ttl)
+      end
+      if n > limit then
+        local lines
+        lines, vdI, vdR, vdd = exclude(user, kind, info)
+        redis.call('HSET', info.vol, user, 'x')
+        volume = lines + 1
+      elseif not seen[6] then -- the user's first line on this item that day
+        local items = redis.call('HGET', info.vol, 'i:' .. user)
+        redis.call('HSET', info.vol, 'i:' .. user, items and (items .. '\t' .. hh.id) or hh.id)
+      end
+    end
   end
   if seen[1] then
     out[#out + 1] = 'r'
     out[#out + 1] = 0
     out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  elseif volume then
+    redis.call('HINCRBY', info.acct, 'bot:volume', volume)
+    redis.call('HSET', key, lfield, ONE, '_', ONE)
+    if not seen[3] then
+      redis.call('EXPIRE', key, info.ttl)
+    end
+    reply(vdI, vdR, vdd, volume)
   else
+    local nlines = count_string((tonumber(seen[6]) or 0) + 1)
     px, nx = tonumber(px), tonumber(nx)
     local da, dd = 0, 1
     local covered = nil
@@ -307,7 +473,7 @@ for e = 0, nclicks - 1 do
       -- new action whose session and client counts were read above
       added = true
       da, dd = 1, 0
-      local metrics = KEYS[hh.ik + 1]
+      local metrics = hh.c
       redis.call('HINCRBY', metrics, info.TII, ONE)
       local ni = (tonumber(seen[4]) or 0) + 1
       local nc = (tonumber(seen[5]) or 0) + 1
@@ -323,20 +489,19 @@ for e = 0, nclicks - 1 do
       end
       if request then
         redis.call('HINCRBY', metrics, info.TIR, ONE)
-        local nr = (tonumber(seen[6]) or 0) + 1
+        local nr = (tonumber(seen[7]) or 0) + 1
         if nr == 1 then
           redis.call('HINCRBY', metrics, info.UIR, ONE)
         end
         redis.call('HSET', key, lfield, ONE, field, chain, ifield, count_string(ni),
-                   cfield, count_string(nc), rfield, count_string(nr), '_', ONE)
+                   cfield, count_string(nc), rfield, count_string(nr), nfield, nlines, '_', ONE)
       else
         redis.call('HSET', key, lfield, ONE, field, chain, ifield, count_string(ni),
-                   cfield, count_string(nc), '_', ONE)
+                   cfield, count_string(nc), nfield, nlines, '_', ONE)
       end
     else
       covered = {}
       local sec = tonumber(secs)
-      local user = string.sub(field, 3, 18)
       local client = string.sub(cfield, 3)
       local c = kind == 's' and client or ''
       local segs = parse(seen[2])
@@ -360,6 +525,7 @@ for e = 0, nclicks - 1 do
           had[x[1]] = true
           if not kept[x[1]] then
             withdraw(hh, x[1], x[2], request, kind, user, field, covered)
+            redis.call('HINCRBY', hh.c, info.DC, ONE)
             da, dd = da - 1, dd + 1
           end
         end
@@ -378,13 +544,14 @@ for e = 0, nclicks - 1 do
             local gap_was = old_first and (DAY - last[2] + old_first)
             if gap_now <= window and not (gap_was and gap_was <= window) then
               withdraw(prev_hh, last[2], last[3], request, kind, user, field, covered)
+              redis.call('HINCRBY', prev_hh.c, prev_hh.day.DC, ONE)
               da, dd = da - 1, dd + 1
             end
           end
         end
-        redis.call('HSET', key, lfield, ONE, field, render(segs), '_', ONE)
+        redis.call('HSET', key, lfield, ONE, field, render(segs), nfield, nlines, '_', ONE)
       else
-        redis.call('HSET', key, lfield, ONE, '_', ONE)
+        redis.call('HSET', key, lfield, ONE, nfield, nlines, '_', ONE)
       end
       if added then
         da, dd = da + 1, dd - 1
@@ -393,6 +560,10 @@ for e = 0, nclicks - 1 do
     end
     if added then
       if ngatherers > 0 then
+        local mdue = due
+        if limit > 0 and info.start + DAY + hold > tonumber(due) then
+          mdue = tostring(info.start + DAY + hold) -- the volume rule decides at the day's end
+        end
         for g = 0, ngatherers - 1 do
           local ob = g * 6
           local body = ARGV[a + 2 + g]
@@ -403,6 +574,7 @@ for e = 0, nclicks - 1 do
              and redis.call('HSETNX', KEYS[ob + 1], id, body) == 1 then
             fresh[g][id] = info.month
             fresh_ts[id] = at
+            fresh_due[id] = mdue
             note_qualified(g, info.month, 1)
             net[g + 1] = net[g + 1] + 1
           end
@@ -410,20 +582,16 @@ for e = 0, nclicks - 1 do
       end
     else
       -- this click is not an action: a double-click line of its own month
-      redis.call('HINCRBY', KEYS[hh.ik + 1], info.DC, ONE)
+      redis.call('HINCRBY', hh.c, info.DC, ONE)
     end
     if not seen[3] then
       -- a new hash gets its TTL at once, so it never lives without one
       redis.call('EXPIRE', key, info.ttl)
     end
-    out[#out + 1] = da
-    out[#out + 1] = dd
-    if ngatherers == 1 then
-      out[#out + 1] = net[1]
-    elseif ngatherers == 0 then
-      out[#out + 1] = 0
+    if request then
+      reply(0, da, dd, 0)
     else
-      out[#out + 1] = {unpack(net, 1, ngatherers)}
+      reply(da, 0, dd, 0)
     end
   end
 end
@@ -437,7 +605,7 @@ end
 for g = 0, ngatherers - 1 do
   local pending, held = {}, {}
   for id in pairs(fresh[g]) do
-    pending[#pending + 1] = due
+    pending[#pending + 1] = fresh_due[id]
     pending[#pending + 1] = id
     if holding then
       held[#held + 1] = fresh_ts[id]
