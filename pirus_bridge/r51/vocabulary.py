@@ -49,7 +49,8 @@ GRANULARITY_MONTH, GRANULARITY_TOTALS = "Month", "Totals"
 DOI_PATTERN = re.compile(r"^10\.[1-9][0-9]{2}[0-9.]*/.+$")
 PROPRIETARY_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_./]{1,17}:.+")
 PLATFORM_ID_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_./]{1,17}$")
+# The COUNTER Registry moved from registry.projectcounter.org to registry.countermetrics.org.
 REGISTRY_PATTERN = re.compile(
-    r"^https://registry\.(projectcounter|countermetrics)\.org/platform/"
+    r"^https://registry\.(projectcounter|countermetrics)\.org/(platform|usage-data-host)/"
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 )
