@@ -260,7 +260,8 @@ def item_report_tsv(report: Mapping[str, Any], req: IrRequest) -> str:
     end = dt.date.fromisoformat(filters["End_Date"])
     months = months_between(begin, end)
     shown = req.attributes
-    institution_id = "; ".join(f"{ns}:{values[0]}"
+    # {namespace}:{value}; a Proprietary id already has its namespace (the platform id)
+    institution_id = "; ".join(values[0] if ns == "Proprietary" else f"{ns}:{values[0]}"
                                for ns, values in header["Institution_ID"].items())
     tsv_filters = "; ".join(
         f"{name}={'|'.join(value) if isinstance(value, list) else value}"
