@@ -18,17 +18,38 @@ from typing import Any
 import redis
 
 from pirus_bridge import keys
-from pirus_bridge.r51.items import Describer
+from pirus_bridge.r51.items import Describer, ItemElements
 from pirus_bridge.r51.report import ItemUsage
 
 CHUNK = 1000  # items per round trip
 CODES = (keys.TII, keys.UII, keys.TIR, keys.UIR)
+METRIC_NAMES = tuple(keys.METRIC_NAMES[c] for c in CODES)
+DESCRIBED_LIMIT = 500_000  # items whose elements are remembered between reports
 METADATA_FIELDS = ("oai_identifier", "title", "doi", "json")
 FIRST_MONTH_TTL_S = 300.0  # how long the first month with usage is remembered
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def metadata_record(raw: Sequence[bytes | None]) -> dict[str, Any]:
+    """An item's metadata from its ``md:{item}`` fields (:data:`METADATA_FIELDS`): the parsed
+    record (``json``), with ``oai_identifier``, ``title`` and ``doi`` filled from the hash's own
+    fields where the record lacks them; ``{}`` when there is nothing."""
+    oai, title, doi, record = raw
+    md: dict[str, Any] = {}
+    if record:
+        try:
+            parsed = json.loads(record)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            md = parsed
+    for name, value in (("oai_identifier", oai), ("title", title), ("doi", doi)):
+        if value and not md.get(name):
+            md[name] = _text(value)
+    return md
 
 
 class UsageReader:
@@ -39,6 +60,7 @@ class UsageReader:
         self.clock = clock
         self._first: tuple[float, str | None] | None = None
         self._lock = threading.Lock()
+        self._described: dict[tuple[Any, ...], ItemElements] = {}
 
     def ping(self) -> bool:
         """Whether Redis answers."""
@@ -57,53 +79,56 @@ class UsageReader:
 
     def usage(self, months: Sequence[str], describer: Describer) -> list[ItemUsage]:
         """Every item with usage in ``months`` (``YYYY-MM``): its counts there, as
-        ``{Metric_Type: {month: n}}``, and its R5.1 elements from its metadata."""
-        fields = [f"{m}:{c}" for m in months for c in CODES]
-        names = [keys.METRIC_NAMES[c] for c in CODES]
-        width = len(CODES)
-        found: list[tuple[str, dict[str, dict[str, int]]]] = []
-        if not fields:
+        ``{Metric_Type: {month: n}}`` (months in the order given, zeros left out), and its R5.1
+        elements from its metadata."""
+        if not months:
             return []
+        fields = [f"{m}:{c}".encode() for m in months for c in CODES]
+        out: list[ItemUsage] = []
         for chunk in self._chunks(self.items()):
-            pipe = self.r.pipeline(transaction=False)
-            for item in chunk:
-                pipe.execute_command("HMGET", keys.counter_metrics(item), *fields)
-            for item, values in zip(chunk, pipe.execute(), strict=True):
-                if not any(values):
-                    continue
-                counts: dict[str, dict[str, int]] = {}
-                for i, value in enumerate(values):
-                    if value is not None and value != b"0":
-                        counts.setdefault(names[i % width], {})[months[i // width]] = int(value)
-                if counts:
-                    found.append((item, counts))
-        out = []
-        for start in range(0, len(found), CHUNK):
-            part = found[start:start + CHUNK]
-            metadata = self.metadata([item for item, _ in part])
-            for (item, counts), md in zip(part, metadata, strict=True):
-                out.append(ItemUsage(describer.describe(item, md), counts))
+            out += self._chunk_usage(chunk, months, fields, describer)
         return out
 
-    def metadata(self, items: Sequence[str]) -> list[dict[str, Any]]:
-        """Each item's cached metadata record (``md:{item}``) as a dict; ``{}`` when none."""
+    def _chunk_usage(self, chunk: Sequence[str], months: Sequence[str], fields: list[bytes],
+                     describer: Describer) -> list[ItemUsage]:
+        pipe = self.r.pipeline(transaction=False)
+        for item in chunk:
+            pipe.execute_command("HMGET", keys.counter_metrics(item), *fields)
+        found: list[tuple[str, dict[str, dict[str, int]]]] = []
+        width = len(CODES)
+        for item, values in zip(chunk, pipe.execute(), strict=True):
+            if not any(values):
+                continue
+            counts: dict[str, dict[str, int]] = {}
+            for k, name in enumerate(METRIC_NAMES):
+                by_month = {m: int(x) for m, x in zip(months, values[k::width], strict=True)
+                            if x and x != b"0"}
+                if by_month:
+                    counts[name] = by_month
+            if counts:
+                found.append((item, counts))
+        if not found:
+            return []
+        items = [item for item, _ in found]
+        return [ItemUsage(elements, counts) for elements, (_, counts)
+                in zip(self.describe(items, describer), found, strict=True)]
+
+    def describe(self, items: Sequence[str], describer: Describer) -> list[ItemElements]:
+        """The R5.1 elements of each item, from its ``md:{item}`` hash. An item whose hash is
+        unchanged since the last call is not parsed again."""
         pipe = self.r.pipeline(transaction=False)
         for item in items:
             pipe.execute_command("HMGET", keys.metadata(item), *METADATA_FIELDS)
         out = []
-        for oai, title, doi, record in pipe.execute():
-            md: dict[str, Any] = {}
-            if record:
-                try:
-                    parsed = json.loads(record)
-                except ValueError:
-                    parsed = None
-                if isinstance(parsed, dict):
-                    md = parsed
-            for name, value in (("oai_identifier", oai), ("title", title), ("doi", doi)):
-                if value and not md.get(name):
-                    md[name] = _text(value)
-            out.append(md)
+        for item, raw in zip(items, pipe.execute(), strict=True):
+            key = (item, id(describer), *raw)
+            found = self._described.get(key)
+            if found is None:
+                found = describer.describe(item, metadata_record(raw))
+                if len(self._described) >= DESCRIBED_LIMIT:
+                    self._described.clear()
+                self._described[key] = found
+            out.append(found)
         return out
 
     def first_month(self) -> str | None:

@@ -139,16 +139,19 @@ def _header_attributes(req: IrRequest) -> dict[str, Any]:
 
 
 def _report_item(u: ItemUsage, req: IrRequest, platform: str, metrics: tuple[str, ...],
-                 month_keys: list[str], totals_key: str | None) -> dict[str, Any] | None:
+                 month_keys: list[str], wanted: set[str],
+                 totals_key: str | None) -> dict[str, Any] | None:
     performance: dict[str, dict[str, int]] = {}
     for metric in metrics:
         by_month = u.counts.get(metric)
         if not by_month:
             continue
         if totals_key is not None:
-            total = sum(by_month.get(k, 0) for k in month_keys)
+            total = sum(n for k, n in by_month.items() if k in wanted)
             if total:
                 performance[metric] = {totals_key: total}
+        elif by_month.keys() <= wanted and all(by_month.values()):
+            performance[metric] = dict(by_month)  # as read: only the months asked, no zeros
         else:
             counts = {k: n for k in month_keys if (n := by_month.get(k, 0))}
             if counts:
@@ -195,10 +198,12 @@ def item_report(
                     and (req.metric_types is None or m in req.metric_types))
     totals_key = month_key(req.begin) if req.granularity == v.GRANULARITY_TOTALS else None
     items = []
+    wanted = set(month_keys)
     for u in sorted(usage, key=lambda u: u.elements.item):
         if not _wanted(req, u.elements):
             continue
-        found = _report_item(u, req, provider.platform, metrics, month_keys, totals_key)
+        found = _report_item(u, req, provider.platform, metrics, month_keys, wanted,
+                             totals_key)
         if found is not None:
             items.append(found)
     notes = list(req.notes) + period_notes

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import redis
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -38,7 +39,17 @@ from pirus_bridge.web.context import WebContext
 
 log = logging.getLogger(__name__)
 
-GZIP_LEVEL = 5  # a 50 MB year of 50,000 items: level 9 costs seconds, 5 about a third of it
+# A year of 50,000 items is about 50 MB of JSON: gzip level 1 makes it 8 MB in a fifth of a
+# second, where level 6 saves 3 MB more for seven times the time.
+GZIP_LEVEL = 1
+
+
+class CounterResponse(JSONResponse):
+    """Compact UTF-8 JSON, encoded by orjson (an order of magnitude faster than the standard
+    library on a large report)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def read_api_keys(env_name: str) -> frozenset[str]:
@@ -72,8 +83,8 @@ def check_access(params: Mapping[str, str], api_keys: frozenset[str],
     return found
 
 
-def exception_response(e: CounterException) -> JSONResponse:
-    return JSONResponse(e.to_json(), status_code=e.http_status)
+def exception_response(e: CounterException) -> CounterResponse:
+    return CounterResponse(e.to_json(), status_code=e.http_status)
 
 
 def routes(ctx: WebContext) -> list[BaseRoute]:
@@ -88,11 +99,11 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     def params_of(request: Request) -> dict[str, str]:
         return dict(request.query_params.items())
 
-    def refused(params: Mapping[str, str]) -> JSONResponse | None:
+    def refused(params: Mapping[str, str]) -> CounterResponse | None:
         fatal = first_fatal(check_access(params, api_keys, provider.customer_id))
         return exception_response(fatal) if fatal is not None else None
 
-    def status(request: Request) -> JSONResponse:
+    def status(request: Request) -> CounterResponse:
         answer: dict[str, Any] = {
             "Description": api.description or f"COUNTER R5.1 reports for {provider.platform}",
             "Service_Active": False,
@@ -109,20 +120,20 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             answer["Alerts"] = [{"Date_Time": created_stamp(service.now()),
                                  "Alert": "The usage database cannot be reached; reports are "
                                           "unavailable until it is back."}]
-        return JSONResponse([answer])
+        return CounterResponse([answer])
 
-    def members(request: Request) -> JSONResponse:
+    def members(request: Request) -> CounterResponse:
         params = params_of(request)
         stop = refused(params)
         if stop is not None:
             return stop
-        return JSONResponse([{
+        return CounterResponse([{
             "Customer_ID": provider.customer_id,
             "Institution_Name": provider.institution_name,
             "Institution_ID": provider.institution_id(),
         }])
 
-    def reports(request: Request) -> JSONResponse:
+    def reports(request: Request) -> CounterResponse:
         params = params_of(request)
         stop = refused(params)
         if stop is not None:
@@ -131,7 +142,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             first, last = service.months_available()
         except (redis.RedisError, OSError) as e:
             return unavailable(e)
-        return JSONResponse([{
+        return CounterResponse([{
             "Report_Name": v.REPORT_NAME,
             "Report_ID": v.REPORT_ID,
             "Release": v.RELEASE,
@@ -142,7 +153,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             "Last_Month_Available": last,
         }])
 
-    def item_report(request: Request) -> JSONResponse:
+    def item_report(request: Request) -> CounterResponse:
         params = params_of(request)
         found = check_access(params, api_keys, provider.customer_id)
         req = None
@@ -155,11 +166,11 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         if fatal is not None or req is None:
             return exception_response(fatal or CounterException(1030))
         try:
-            return JSONResponse(service.item_report(req))
+            return CounterResponse(service.item_report(req))
         except (redis.RedisError, OSError) as e:
             return unavailable(e)
 
-    def unavailable(e: Exception) -> JSONResponse:
+    def unavailable(e: Exception) -> CounterResponse:
         log.warning("COUNTER API: Redis unavailable (%s)", e)
         return exception_response(CounterException(
             1000, "the usage database cannot be reached; try again later"))
