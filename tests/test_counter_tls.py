@@ -115,3 +115,11 @@ def test_behind_nginx_with_the_documented_config(
         proc.wait(10)
     logged = log.read_text()
     assert "/r51/reports/ir" in logged and KEY not in logged and "api_key" not in logged
+
+
+def test_deployment_doc_shows_the_tested_example() -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    for line in EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            code = line.split("#")[0].strip()
+            assert code in doc, f"docs/deployment.md lacks {code!r} of {EXAMPLE.name}"
