@@ -4,7 +4,6 @@ report the COUNTER API serves."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from pirus_bridge.cli import cli
 from pirus_bridge.store import UsageStore
 from tests.r51_support import (
     Api,
-    api_servers,
     assert_ir_shape,
     count_log,
     exception_codes,
@@ -27,11 +25,6 @@ from tests.test_cli import write_config
 
 METRICS = ["Total_Item_Investigations", "Unique_Item_Investigations", "Total_Item_Requests",
            "Unique_Item_Requests"]
-
-
-@pytest.fixture
-def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    yield from api_servers(monkeypatch)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ and skipped with a clear message where that file is absent.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.r51_support import (
     OTHER_KEY,
     WORLD,
     Api,
-    api_servers,
     assert_ir_shape,
     count_log,
     exception_codes,
@@ -38,11 +36,6 @@ from tests.redis_server import free_port
 
 OAI = "oai:eprints.example.ac.uk:{}"
 METRICS = list(OCT_1234)
-
-
-@pytest.fixture
-def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    yield from api_servers(monkeypatch)
 
 
 @pytest.fixture

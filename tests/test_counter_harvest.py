@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 import redis
 
 from pirus_bridge.store import UsageStore
-from tests.r51_support import KEY, WORLD, Api, api_servers, count_log, http_config
+from tests.r51_support import KEY, WORLD, Api, count_log, http_config
 
 HARVEST = Path(__file__).parent / "harvester" / "nigiri_harvest.py"
 NIGIRI_PYTHON = os.environ.get("PIRUS_BRIDGE_NIGIRI_PYTHON", "")
@@ -34,11 +33,6 @@ pytestmark = pytest.mark.skipif(
            "installs it in its own virtual environment (it pins click<8.2, lxml<5.4, "
            "requests<2.32) and sets the variable; do the same to run the harvest locally",
 )
-
-
-@pytest.fixture
-def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    yield from api_servers(monkeypatch)
 
 
 def harvest(api: Api, begin: str, end: str, key: str = KEY) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,11 @@ import requests
 import trustme
 
 from tests.helpers import ROOT, make_config, wait_until
-from tests.r51_support import KEY, WORLD, Api, api_servers, count_log, http_config
+from tests.r51_support import KEY, WORLD, Api, count_log, http_config
 from tests.redis_server import free_port
 
 EXAMPLE = ROOT / "docs" / "deploy" / "nginx-counter-api.conf"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-
-
-@pytest.fixture
-def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    yield from api_servers(monkeypatch)
 
 
 @pytest.fixture
