@@ -1,25 +1,30 @@
 """The processing chain every path shares: parse → classify → map, and the counting writes.
 
-Bulk ingest, ``tail`` and the queue workers all go through one :class:`Chain`, so a log gives
-the same statistics whichever way it arrives.
+Bulk ingest, ``tail`` and the queue workers all go through one :class:`Stages`, so a log gives
+the same statistics whichever way it arrives. :func:`build` is the one place that reads what
+the stages need (the config, the mapping file, the ``botlist`` sets and the salt in Redis) and
+hands values down: :class:`Chain` (the pure stages) does no I/O; :class:`Recorder` (the
+counting writes) touches Redis only through the pipeline it is given.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
-from pirus_bridge.classify import Category, Classifier, RobotDetector, Sorted
-from pirus_bridge.config import Config
-from pirus_bridge.counter import Hasher
+from pirus_bridge import keys
+from pirus_bridge.classify import Category, Classifier, RobotDetector
+from pirus_bridge.config import Config, GathererConfig
+from pirus_bridge.counter import Hasher, utc_month
 from pirus_bridge.events import MetricType, UsageEvent
-from pirus_bridge.logparse import LogFormat
+from pirus_bridge.logparse import SKIPPED, LogFormat, LogRecord
 from pirus_bridge.mapping import Mapping
-from pirus_bridge.outbox import message_id, message_json, qualifies
+from pirus_bridge.outbox import message_json, qualifies
 from pirus_bridge.store import UsageStore, ensure_salt
 
 log = logging.getLogger(__name__)
@@ -34,8 +39,10 @@ class UnparsedSample:
 
 @dataclass
 class IngestSummary:
-    """What a run saw. ``investigations``/``requests`` are events counted after filtering (a
-    Request is not also counted in ``investigations`` here); ``double_clicks`` were dropped."""
+    """What a run saw. ``investigations``/``requests`` are the actions the run's lines added
+    (a Request is not also counted in ``investigations`` here); ``double_clicks`` the lines
+    that are not actions (superseded by a later click); ``replayed`` usage lines already
+    counted before (they change nothing)."""
 
     lines: int = 0
     unparsed: int = 0
@@ -45,6 +52,7 @@ class IngestSummary:
     investigations: int = 0
     requests: int = 0
     double_clicks: int = 0
+    replayed: int = 0
     enqueued: dict[str, int] = field(default_factory=dict)
     samples: list[UnparsedSample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -79,92 +87,149 @@ class IngestSummary:
 
 
 @dataclass
+class Lines:
+    """A run of lines through the pure stages: categories in all and per month of the lines'
+    own timestamps (an unparsed line takes its neighbours' month), where the unparsed ones are,
+    and the usage events in line order."""
+
+    counts: dict[str, int]
+    months: dict[str, dict[str, int]]
+    unparsed_at: list[int]
+    events: list[UsageEvent]
+
+
+class Chain:
+    """The pure stages: parser, classifier (with the mapping) and hasher, for one config."""
+
+    def __init__(self, parser: LogFormat, classifier: Classifier, hasher: Hasher) -> None:
+        self.parser = parser
+        self.classifier = classifier
+        self.hasher = hasher
+
+    @property
+    def mapping(self) -> Mapping:
+        return self.classifier.mapping
+
+    def line(self, text: str) -> tuple[Category | None, UsageEvent | None]:
+        """One log line's category (None for a blank or comment line, which is in none), and
+        its usage event when it is one."""
+        result = self.sort((text,), "")
+        if result.events:
+            return Category.USAGE, result.events[0]
+        return next((Category(c) for c, n in result.counts.items() if n), None), None
+
+    def sort(self, texts: Sequence[str], default_month: str) -> Lines:
+        """Parse, classify and map a run of lines. ``default_month`` is the month of lines
+        without a timestamp when none of the run has one (the caller's latest)."""
+        parse = self.parser.parse
+        records = [parse(t) for t in texts]
+        stamps = [rec.ts for rec in records if rec is not None and rec is not SKIPPED]
+        if stamps and utc_month(min(stamps)) != utc_month(max(stamps)):
+            runs = _month_runs(records)
+        else:
+            runs = [(utc_month(stamps[0]) if stamps else default_month, 0, len(records))]
+        counts: dict[str, int] = {}
+        months: dict[str, dict[str, int]] = {}
+        unparsed_at: list[int] = []
+        events: list[UsageEvent] = []
+        line_id = self.hasher.line_id
+        for month, start, stop in runs:
+            result = self.classifier.sort(records[start:stop] if len(runs) > 1 else records)
+            per = months.setdefault(month, {})
+            for category, n in result.counts.items():
+                counts[category] = counts.get(category, 0) + n
+                per[category] = per.get(category, 0) + n
+            unparsed_at += [start + at for at in result.unparsed_at]
+            events += [
+                UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
+                           rec.user_agent, rec.referer, rec.status, rec.session, m.rule,
+                           line_id(_line_text(rec)))
+                for rec, m in result.usage
+            ]  # fmt: skip
+        return Lines(counts, months, unparsed_at, events)
+
+
+def _line_text(rec: LogRecord) -> str:
+    """What identifies a line: every field the parser read (the same line from any copy of a
+    log, or through any path, gives the same text)."""
+    return (f"{rec.ip} {rec.ts} {rec.method} {rec.url} {rec.protocol} {rec.status} {rec.size} "
+            f"{rec.referer}\x1f{rec.user_agent}\x1f{rec.vhost}\x1f{rec.session}")
+
+
+def _month_runs(records: list[LogRecord | None]) -> list[tuple[str, int, int]]:
+    """Cut a run of records where the month of their timestamps changes; unparsed lines stay
+    with the run they are in (or the next one, at the start)."""
+    runs: list[tuple[str, int, int]] = []
+    month, start = "", 0
+    for i, rec in enumerate(records):
+        if rec is None or rec is SKIPPED:
+            continue
+        m = utc_month(rec.ts)
+        if m != month:
+            if month:
+                runs.append((month, start, i))
+                start = i
+            month = m
+    runs.append((month, start, len(records)))
+    return runs
+
+
+@dataclass
 class Prepared:
     """Counting writes queued on a pipeline, and what is needed to account for their reply."""
 
     count_index: int | None  # where the counting script's reply is, if events were counted
-    outcomes: list[tuple[bool, tuple[str, ...]]]  # per event: is a Request, its gatherers
+    requests: list[bool]  # per event: is it a Request
+    gatherers: list[str]  # the gatherers of the batch, in the script's order
+    hashes: list[tuple[int, str]] = field(default_factory=list)  # day hashes: (day, key)
 
 
-class Chain:
-    """Parser, classifier, mapping, hasher, metadata and store for one config."""
+class Recorder:
+    """The counting writes of a run of usage events: counts, outbox messages, metadata."""
 
-    def __init__(
-        self, cfg: Config, r: redis.Redis, *, send: bool = True, mapping: Mapping | None = None
-    ) -> None:
-        self.cfg = cfg
-        self.r = r
-        repo = cfg.repository
-        self.mapping = mapping or Mapping.load(repo.mapping, host=repo.host,
-                                               base_url=repo.base_url)
-        self.store = UsageStore(r, cfg.counting)
-        robots = RobotDetector(cfg.bots, extra_ips=self.store.bot_ips())
-        self.classifier = Classifier(robots, self.mapping, cfg.counting)
-        self.parser = LogFormat.compile(
-            cfg.log.format, session=cfg.log.session, max_line_bytes=cfg.log.max_line_bytes
-        )
-        self.hasher = Hasher(ensure_salt(r, cfg.counting.salt))
-        self.gatherers = [g for g in cfg.gatherers.values() if g.enabled] if send else []
-        self.metadata = metadata_cache(cfg, r)
+    def __init__(self, store: UsageStore, hasher: Hasher, gatherers: Sequence[GathererConfig],
+                 metadata: Any = None) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.gatherers = list(gatherers)
+        self.metadata = metadata
         self._known_items: set[str] = set()
         self._oai_from_metadata: dict[str, str] = {}
 
-    def line(self, text: str) -> tuple[Category, UsageEvent | None]:
-        """One log line's category, and its usage event when it is one."""
-        result, events = self.sort((text,))
-        if events:
-            return Category.USAGE, events[0]
-        return next(Category(c) for c, n in result.counts.items() if n), None
-
-    def sort(self, texts: Iterable[str]) -> tuple[Sorted, list[UsageEvent]]:
-        """Parse, classify and map a run of lines: the categories, and the usage events in
-        line order."""
-        result = self.classifier.sort(map(self.parser.parse, texts))
-        events = [
-            UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
-                       rec.user_agent, rec.referer, rec.status, rec.session, m.rule)
-            for rec, m in result.usage
-        ]  # fmt: skip
-        return result, events
-
-    def prepare(self, pipe: redis.client.Pipeline, events: list[UsageEvent],
-                now: float | None = None) -> Prepared:
-        """Queue the counting of ``events`` (in this order) and their messages on ``pipe``."""
-        import time
-
+    def prepare(self, pipe: redis.client.Pipeline, events: Sequence[UsageEvent],
+                now: float | None = None, *, hold: str | None = None) -> Prepared:
+        """Queue the counting of ``events`` and their messages on ``pipe`` (see
+        :meth:`UsageStore.batch` for ``hold``)."""
         now = time.time() if now is None else now
         gatherers = self.gatherers
-        count = self.store.batch([g.name for g in gatherers], now)
-        identities = self.hasher.identities
+        count = self.store.batch([g.name for g in gatherers], now, hold=hold)
+        identities, url_key = self.hasher.identities, self.hasher.url_key
         add = count.add
         with_metadata = self._with_metadata
         known = self._known_items
         new_oai: list[tuple[str, str]] = []
         request = MetricType.REQUEST
-        outcomes: list[tuple[bool, tuple[str, ...]]] = []
-        nobody: tuple[str, ...] = ()
+        requests: list[bool] = []
         for event in events:
             if event.item not in known or not event.oai_identifier:
                 event = with_metadata(event, new_oai)
-            ids = identities(event)
             body: str | None = None
-            messages: list[tuple[str, str] | None] = []
-            names: list[str] = []
+            bodies: list[str] = []
             for g in gatherers:
                 if qualifies(g, event):
                     if body is None:
                         body = message_json(event)
-                    messages.append((message_id(g.name, event, ids), body))
-                    names.append(g.name)
+                    bodies.append(body)
                 else:
-                    messages.append(None)
-            add(event, ids, messages)
-            outcomes.append((event.metric is request, tuple(names) if names else nobody))
+                    bodies.append("")
+            add(event, identities(event), url_key(event.url), bodies)
+            requests.append(event.metric is request)
         self.store.remember_oai_identifiers(pipe, new_oai)
         count_index = len(pipe) if events else None
         if events:
             count.queue(pipe)
-        return Prepared(count_index, outcomes)
+            pipe.sadd(keys.OBJECTITEMS, *count.items())
+        return Prepared(count_index, requests, [g.name for g in gatherers], count.hashes())
 
     @staticmethod
     def account(prepared: Prepared, replies: list[Any], s: IngestSummary) -> None:
@@ -173,18 +238,25 @@ class Chain:
             return
         reply = replies[prepared.count_index]
         enqueued_by = s.enqueued
-        for (is_request, names), counted, enqueued in zip(
-            prepared.outcomes, reply[0::2], reply[1::2], strict=True
+        names = prepared.gatherers
+        for is_request, actions, doubles, messages in zip(
+            prepared.requests, reply[0::3], reply[1::3], reply[2::3], strict=True
         ):
-            if not counted:
-                s.double_clicks += 1
-            elif is_request:
-                s.requests += 1
+            if actions == b"r":
+                s.replayed += 1
+                continue
+            s.double_clicks += doubles
+            if is_request:
+                s.requests += actions
             else:
-                s.investigations += 1
-            if enqueued:
-                for name in names:
-                    enqueued_by[name] = enqueued_by.get(name, 0) + 1
+                s.investigations += actions
+            if isinstance(messages, int):  # one gatherer (or none: 0)
+                if messages:
+                    enqueued_by[names[0]] = enqueued_by.get(names[0], 0) + messages
+                continue
+            for name, n in zip(names, messages, strict=True):
+                if n:
+                    enqueued_by[name] = enqueued_by.get(name, 0) + n
 
     def _with_metadata(self, event: UsageEvent, new_oai: list[tuple[str, str]]) -> UsageEvent:
         """Fill the OAI identifier from metadata when the mapping cannot give it; the first time
@@ -201,6 +273,53 @@ class Chain:
         if not event.oai_identifier and item in self._oai_from_metadata:
             return replace(event, oai_identifier=self._oai_from_metadata[item])
         return event
+
+
+@dataclass
+class Stages:
+    """Everything one config's counting needs: the pure chain and the counting writes."""
+
+    cfg: Config
+    chain: Chain
+    recorder: Recorder
+
+    @property
+    def gatherers(self) -> list[GathererConfig]:
+        return self.recorder.gatherers
+
+    @property
+    def store(self) -> UsageStore:
+        return self.recorder.store
+
+    def add_accounting(self, pipe: redis.client.Pipeline,
+                       months: dict[str, dict[str, int]]) -> None:
+        """Queue the month's accounting of non-usage lines (``acct:<YYYY-MM>``) and the seed's
+        ``u:<category>`` counters."""
+        totals: dict[str, int] = {}
+        for month, counts in months.items():
+            fields = {c: n for c, n in counts.items() if n and c != "usage"}
+            for c, n in counts.items():
+                totals[c] = totals.get(c, 0) + n
+            for c, n in fields.items():
+                pipe.hincrby(keys.accounting(month), c, n)
+        self.store.add_category_counts(pipe, totals)
+
+
+def build(cfg: Config, r: redis.Redis, *, send: bool = True,
+          mapping: Mapping | None = None) -> Stages:
+    """The composition root: read the mapping, the ``botlist`` sets and the salt once, and
+    build the stages from values."""
+    repo = cfg.repository
+    mapping = mapping or Mapping.load(repo.mapping, host=repo.host, base_url=repo.base_url)
+    store = UsageStore(r, cfg.counting)
+    robots = RobotDetector(cfg.bots, extra_ips=store.bot_ips())
+    classifier = Classifier(robots, mapping, cfg.counting)
+    parser = LogFormat.compile(cfg.log.format, session=cfg.log.session,
+                               max_line_bytes=cfg.log.max_line_bytes)
+    hasher = Hasher(ensure_salt(r, cfg.counting.salt))
+    gatherers = [g for g in cfg.gatherers.values() if g.enabled] if send else []
+    recorder = Recorder(store, hasher, gatherers, metadata_cache(cfg, r))
+    return Stages(cfg, Chain(parser, classifier, hasher), recorder)
 
 
 def metadata_cache(cfg: Config, r: redis.Redis) -> Any:

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pirus_bridge.config import BotsConfig, CountingConfig
 from pirus_bridge.events import MetricType
-from pirus_bridge.logparse import LogRecord
+from pirus_bridge.logparse import SKIPPED, LogRecord
 from pirus_bridge.mapping import Mapping, MappingMatch
 
 # Caches are cleared when they reach this size: a log has far fewer distinct agents than this,
@@ -46,7 +46,9 @@ class RobotDetector:
                 patterns += [p for p in (data / name).read_text().splitlines() if p.strip()]
         patterns += [p.pattern for p in bots.user_agents]
         # The COUNTER list is case sensitive by design; the admin's extra patterns are not.
-        counter = "|".join(patterns[: len(patterns) - len(bots.user_agents)])
+        self._counter_patterns = patterns[: len(patterns) - len(bots.user_agents)]
+        self._extra_patterns = [p.pattern for p in bots.user_agents]
+        counter = "|".join(self._counter_patterns)
         self._counter = re.compile(counter) if counter else None
         self._extra = (
             re.compile("|".join(f"(?:{p.pattern})" for p in bots.user_agents), re.IGNORECASE)
@@ -102,6 +104,26 @@ class RobotDetector:
         return hit
 
 
+    def why(self, user_agent: str, ip: str) -> str | None:
+        """Why a client is a robot, in a sentence (``explain``); None when it is not."""
+        if not user_agent:
+            return "an empty User-Agent"
+        if self._counter is not None and self._counter.search(user_agent):
+            hit = next(p for p in self._counter_patterns if re.search(p, user_agent))
+            return f"its User-Agent matches {hit!r} of the COUNTER robots list"
+        if self._extra is not None and self._extra.search(user_agent):
+            hit = next(p for p in self._extra_patterns
+                       if re.search(p, user_agent, re.IGNORECASE))
+            return f"its User-Agent matches {hit!r} of bots.user_agents"
+        if ip in self._exact_ips:
+            return f"its address {ip} is listed in bots.ips or a botlist set"
+        if self.is_robot_ip(ip):
+            addr = ipaddress.ip_address(ip)
+            net = next(n for n in self._networks if addr in n)
+            return f"its address {ip} is in the robot range {net}"
+        return None
+
+
 _UNSEEN = MappingMatch("", "", None, MetricType.REQUEST, "")  # not yet in the URL cache
 
 
@@ -110,16 +132,18 @@ class Sorted:
 
     ``counts`` is keyed by category value (``"bot"``, ``"usage"``, …, as the ``u:`` counters
     are); ``usage`` holds each usage line's record and mapping match, in line order;
-    ``unparsed_at`` the positions (from 0) of the lines that did not parse.
+    ``unparsed_at`` the positions (from 0) of the lines that did not parse; ``skipped`` how many
+    were blank or ``#`` comments (not log lines: in no category, not in ``counts``).
     """
 
-    __slots__ = ("counts", "usage", "unparsed_at")
+    __slots__ = ("counts", "usage", "unparsed_at", "skipped")
 
     def __init__(self, counts: dict[str, int], usage: list[tuple[LogRecord, MappingMatch]],
-                 unparsed_at: list[int]) -> None:
+                 unparsed_at: list[int], skipped: int = 0) -> None:
         self.counts = counts
         self.usage = usage
         self.unparsed_at = unparsed_at
+        self.skipped = skipped  # blank and comment lines, in no category
 
 
 class Classifier:
@@ -150,10 +174,15 @@ class Classifier:
         usage: list[tuple[LogRecord, MappingMatch]] = []
         unparsed_at: list[int] = []
         n_unparsed = n_bot = n_notfound = n_other = 0
+        n_skipped = 0
         for rec in records:
             if rec is None:
-                unparsed_at.append(n_unparsed + n_bot + n_notfound + n_other + len(usage))
+                unparsed_at.append(n_unparsed + n_bot + n_notfound + n_other + len(usage)
+                                   + n_skipped)
                 n_unparsed += 1
+                continue
+            if rec is SKIPPED:  # a blank or comment line: no log line, in no category
+                n_skipped += 1
                 continue
             robot = agents.get(rec.user_agent)
             if robot is None:
@@ -180,4 +209,4 @@ class Classifier:
             "unparsed": n_unparsed, "bot": n_bot, "notfound": n_notfound,
             "usage": len(usage), "other": n_other,
         }  # fmt: skip
-        return Sorted(counts, usage, unparsed_at)
+        return Sorted(counts, usage, unparsed_at, n_skipped)

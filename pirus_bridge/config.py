@@ -20,13 +20,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
 from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import ConfigError, Problem
+from pirus_bridge.redact import redact_url, register_url_credentials
 
 DEFAULT_CONFIG_FILE = "pirus-bridge.yaml"
+ENV_REDIS_URL = "PIRUS_BRIDGE_REDIS_URL"
 PROFILES = ("irus", "pirus2-legacy", "ctx-xml")
 METHODS = ("GET", "HEAD", "POST")
 
@@ -125,6 +128,14 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long personal data stays (:mod:`pirus_bridge.retention`)."""
+
+    failed_personal_days: int = 30  # failed messages keep raw IP and User-Agent this long
+    aof_rewrite_interval_s: int = 86400  # after deliveries, rewrite the AOF at most this often
+
+
+@dataclass(frozen=True)
 class LiveConfig:
     """The live pipeline: files ``serve`` follows, and the seed's queue workers."""
 
@@ -195,6 +206,7 @@ class Config:
     live: LiveConfig = LiveConfig()
     http: HttpConfig = HttpConfig()
     counter_api: CounterApiConfig = CounterApiConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = None
 
 
@@ -302,15 +314,50 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
 def _http_url(value: Any) -> str:
     text = _string(value)
     if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+        raise ValueError(f"must be an http:// or https:// URL, not {redact_url(text)!r}")
+    _check_port(text)
+    register_url_credentials(text)
     return text
 
 
 def _redis_url(value: Any) -> str:
+    """A Redis URL; errors show it with its password hidden, and the password is registered
+    as a secret so that no later message shows it either."""
     text = _string(value)
+    register_url_credentials(text)
     if not re.match(r"^(rediss?|unix)://", text):
-        raise ValueError(f"must start with redis://, rediss:// or unix://, not {text!r}")
+        raise ValueError(f"must start with redis://, rediss:// or unix://, not "
+                         f"{redact_url(text)!r}")
+    _check_port(text)
     return text
+
+
+def _check_port(url: str) -> None:
+    """Raise ValueError for a URL whose port is not a number from 1 to 65535."""
+    try:
+        port = urlsplit(url).port
+    except ValueError as e:
+        raise ValueError(f"has no valid port number: {redact_url(url)!r} (the port must be a "
+                         "number from 1 to 65535)") from e
+    if port == 0:
+        raise ValueError(f"has no valid port number: {redact_url(url)!r} (the port must be a "
+                         "number from 1 to 65535)")
+
+
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOST_RE = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
+
+
+def _host(value: Any) -> str:
+    """A bare host name (``rfr_id``, the host of OAI identifiers), not a URL."""
+    text = _string(value).strip()
+    if "://" in text or "/" in text or ":" in text or "@" in text:
+        bare = urlsplit(text if "://" in text else f"//{text}").hostname
+        hint = f" (did you mean '{bare}'?)" if bare else ""
+        raise ValueError(f"must be a host name, not a URL or path: {redact_url(text)!r}{hint}")
+    if not _HOST_RE.fullmatch(text):
+        raise ValueError(f"must be a host name such as eprints.example.ac.uk, not {text!r}")
+    return text.rstrip(".")
 
 
 def _date(value: Any) -> dt.date:
@@ -334,12 +381,12 @@ def _list(value: Any) -> list[Any]:
 
 def _read_redis(s: _Section, base: Path) -> RedisConfig:
     url = s.get("url", _redis_url, None)
-    env_url = os.environ.get("PIRUS_BRIDGE_REDIS_URL")
+    env_url = os.environ.get(ENV_REDIS_URL)
     if env_url:
         try:
             url = _redis_url(env_url)
         except ValueError as e:
-            s.problems.append(Problem("PIRUS_BRIDGE_REDIS_URL", str(e)))
+            s.problems.append(Problem(ENV_REDIS_URL, str(e)))
     data_dir = base / s.get("data_dir", _string, "var")
     timeout = s.get("socket_timeout_s", _number(0.1), 10.0)
     s.finish()
@@ -347,7 +394,7 @@ def _read_redis(s: _Section, base: Path) -> RedisConfig:
 
 
 def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:
-    host = s.require("host", _string)
+    host = s.require("host", _host)
     base_url = s.require("base_url", _http_url)
     mapping = s.require("mapping", _string)
     s.finish()
@@ -497,6 +544,18 @@ def _read_outbox(s: _Section) -> OutboxConfig:
     return o
 
 
+def _read_retention(s: _Section) -> RetentionConfig:
+    defaults = RetentionConfig()
+    c = RetentionConfig(
+        failed_personal_days=s.get("failed_personal_days", _integer(0),
+                                   defaults.failed_personal_days),
+        aof_rewrite_interval_s=s.get("aof_rewrite_interval_s", _integer(0),
+                                     defaults.aof_rewrite_interval_s),
+    )
+    s.finish()
+    return c
+
+
 def _read_live(s: _Section, base: Path) -> LiveConfig:
     no_items: list[Any] = []
     files = tuple(base / _string(v) for v in s.get("tail", _list, no_items))
@@ -605,6 +664,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     live = _read_live(top.section("live"), base)
     http = _read_http(top.section("http"), base)
     counter_api = _read_counter_api(top.section("counter_api"))
+    retention = _read_retention(top.section("retention"))
     top.finish()
     if problems or repository is None:
         raise ConfigError(problems, source=source)
@@ -620,6 +680,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         live=live,
         http=http,
         counter_api=counter_api,
+        retention=retention,
         source=Path(source) if source else None,
     )
 
@@ -632,16 +693,33 @@ def config_path(explicit: str | None) -> Path:
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; relative paths inside resolve against its folder."""
     path = Path(path)
+    return parse_config(read_yaml(path), base=path.resolve().parent, source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML document (:mod:`pirus_bridge.yamlload`: safe, bounded, no duplicate
+    keys); :class:`ConfigError` naming ``file:line`` when it cannot be read or parsed."""
+    from pirus_bridge.yamlload import YamlLimitError, load
+
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError as e:
         raise ConfigError(Problem(str(path), "no such config file")) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(Problem(str(path), f"cannot read: {e}")) from e
+    except OSError as e:
+        raise ConfigError(Problem(str(path), f"cannot read: {e.strerror or e}")) from e
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(Problem(f"{path}:{line}", f"not UTF-8 text (byte 0x{raw[e.start]:02x}"
+                                  "); save the file as UTF-8")) from e
+    try:
+        return load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(Problem(where, f"YAML syntax error: {e}")) from e
-    return parse_config(data, base=path.resolve().parent, source=str(path))
+        detail = "; ".join(x for x in (e.context, e.problem) if x)
+        kind = "YAML error" if isinstance(e, YamlLimitError) else "YAML syntax error"
+        raise ConfigError(Problem(where, f"{kind}: {detail}")) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(Problem(str(path), f"YAML error: {e}")) from e

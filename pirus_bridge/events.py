@@ -31,7 +31,8 @@ class UsageEvent:
     """A real person's view or download of a repository item, ready to be counted.
 
     ``ts`` is the event time in epoch seconds (UTC). ``url`` is the absolute URL that goes into
-    ``svc_dat``: the item page for an Investigation, the file for a Request.
+    ``svc_dat``: the item page for an Investigation, the file for a Request. ``line`` is the
+    log line's identity (``counter.Hasher.line_id``): a line read twice is counted once.
     """
 
     ts: int
@@ -45,3 +46,4 @@ class UsageEvent:
     status: int
     session: str | None = None
     rule: str = ""
+    line: str = ""

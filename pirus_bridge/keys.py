@@ -27,30 +27,38 @@ Entities (seed post 1: type prefix + md5 of the text, optionally scoped by recor
 
 Counting (all item-tagged)
     ``c:{item}``                    hash: COUNTER metrics, fields ``YYYY-MM:<metric code>``
-                                    (TII, UII, TIR, UIR: Total/Unique Item Investigations/Requests)
+                                    (TII, UII, TIR, UIR: Total/Unique Item Investigations/Requests;
+                                    DC: the month's usage lines superseded as double-clicks)
     ``dly:{item}``                  hash: daily-unique series, fields ``YYYY-MM-DD:v`` / ``:d``
     ``dv:{item}`` / ``dd:{item}``   sets of dates the item was viewed / downloaded (seed)
     ``t:views:{item}`` / ``t:dls:{item}``  all-time daily-unique totals (seed)
     ``YYYY-MM-DD:{item}``           hash: all dedupe state of the item on that UTC day (the
                                     seed's per-day client sets, folded into one small hash that
                                     expires once the day is closed), fields:
-                                    ``v:<client>`` / ``d:<client>`` salted client hashes that
-                                    viewed / downloaded (the seed's daily-unique rule);
-                                    ``I:<session>`` / ``R:<session>`` COUNTER sessions that
-                                    investigated / requested (Unique_Item_*);
-                                    ``cI:<user>`` / ``cR:<user>`` event time of the latest click
-                                    of the user's double-click chain that day;
-                                    ``_`` the hash exists (has its TTL) and which of ``dv:`` /
-                                    ``dd:`` have the day: ``''``, ``v``, ``d`` or ``vd``
+                                    ``L:<line>`` the log line was counted (its identity);
+                                    ``k:<user><url>`` the user's chains of clicks on that
+                                    URL, ``a-b a-b`` in seconds of the day (R5.1 double-clicks);
+                                    ``I:<session>`` / ``R:<session>`` actions of the COUNTER
+                                    session on the item (Unique_Item_*);
+                                    ``v:<client>`` / ``d:<client>`` view / download actions of
+                                    the client (the seed's daily-unique rule);
+                                    ``_`` the hash exists (so has its TTL)
 
 Processing
     ``u:<category>``                lines seen per category: ``u:bothits``, ``u:objectviews``,
                                     ``u:fof``, ``u:other``, ``u:unparsed`` (seed names)
     ``botlist``                     set of names of sets of robot IP addresses / CIDR ranges (seed)
     ``salt``                        the generated salt for client hashes, when none is configured
-    ``ingest:<fingerprint>``        hash: a log file's committed offset and reorder buffer
-    ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset,
-                                    line and held events (``pirus_bridge.tail``)
+    ``ingest:<id>``                 hash: the bulk-ingest checkpoints of the log streams whose
+                                    first line hashes to ``id``: entry id → JSON (offset, line,
+                                    head and tail digests; ``pirus_bridge.checkpoint``)
+    ``ingest:<id>:lock``            string: the lease of the run reading such a stream
+    ``acct:<YYYY-MM>``              hash: the month's line accounting of the lines that are not
+                                    usage, by the lines' own timestamps: ``unparsed``, ``bot``,
+                                    ``bot:<source>``, ``notfound``, ``other`` (usage lines are
+                                    in ``c:{item}``: actions and ``DC``)
+    ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset
+                                    and line (``pirus_bridge.tail``)
     ``u:dropped``                   lines the logging handler had to drop (``loghandler``)
     ``sources``                     set of the names of log sources read so far
     ``src:<name>``                  hash: a source's freshness: ``kind`` (``ingest`` | ``tail``
@@ -167,11 +175,31 @@ def source_status(name: str) -> str:
     return f"src:{name}"
 
 
-def ingest_checkpoint(fingerprint: str) -> str:
-    return f"ingest:{fingerprint}"
+def ingest_checkpoint(identity: str) -> str:
+    return f"ingest:{identity}"
+
+
+def tail_position(path: str) -> str:
+    """``tail:<absolute path>``: a followed file's identity, offset and line."""
+    return f"tail:{path}"
+
+
+def ingest_lock(identity: str) -> str:
+    return f"ingest:{identity}:lock"
+
+
+def accounting(month: str) -> str:
+    """``acct:<YYYY-MM>``: the month's accounting of lines that are not usage."""
+    return f"acct:{month}"
 
 
 # Outbox keys: one gatherer's keys share the gatherer's hash tag.
 def outbox(gatherer: str, part: str) -> str:
     """``ob:{gatherer}:<part>``; parts are documented in :mod:`pirus_bridge.outbox`."""
     return f"ob:{tag(gatherer)}:{part}"
+
+
+def outbox_held(gatherer: str, run: str) -> str:
+    """``ob:{gatherer}:held:<run>``: sorted set, message id → event time, of a bulk run's
+    messages that a later line of the run may still supersede (``UsageStore.release_held``)."""
+    return f"ob:{tag(gatherer)}:held:{run}"

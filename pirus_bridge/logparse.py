@@ -1,7 +1,9 @@
 """Parse web-server access log lines (Apache ``LogFormat`` syntax) into :class:`LogRecord` values.
 
 Pure: no I/O. Build a parser once with :meth:`LogFormat.compile` and call ``fmt.parse(line)`` for
-every line; it returns ``None`` for a line that does not parse and never raises.
+every line; it returns ``None`` for a line that does not parse, :data:`SKIPPED` for a blank or
+``#`` comment line, and never raises. An event time more than a day ahead of the clock (a year
+9999) does not parse. Fields may be separated by more than one space.
 
 The named formats ``combined`` (also Nginx's default), ``common`` and ``vhost_combined`` get a
 hand-written fast path (``str.split`` on quotes, timestamps through a cache keyed on the
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["LogFormat", "LogRecord", "NAMED_FORMATS", "apache_time_to_epoch"]
+__all__ = ["LogFormat", "LogRecord", "NAMED_FORMATS", "SKIPPED", "apache_time_to_epoch"]
 
 NAMED_FORMATS: dict[str, str] = {
     "combined": '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"',
@@ -56,6 +59,10 @@ class LogRecord:
     protocol: str = ""
 
 
+# What ``parse`` returns for a blank or ``#`` comment line: compare with ``is``.
+SKIPPED = LogRecord("", 0, "", "", 0, None, "", "")
+
+
 # -- timestamps -------------------------------------------------------------------------------
 
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
@@ -67,8 +74,19 @@ _BRACKET_CACHE: dict[str, int] = {}  # "[10/Oct/2000:13:55:36 -0700] " -> epoch 
 _MINUTE_CACHE: dict[str, int] = {}  # "10/Oct/2000:13:55 -0700" -> epoch of its second 0
 
 
+# A time further ahead of the clock than this is not a request that happened (a corrupt or
+# forged line, a year 9999): it is rejected like an impossible date, and the line is unparsed.
+FUTURE_SLACK_S = 86400
+
+
+def _not_after() -> float:
+    """The latest acceptable event time: now plus the slack for clocks that disagree."""
+    return time.time() + FUTURE_SLACK_S
+
+
 def _minute_epoch(key: str) -> int | None:
-    """Epoch of ``10/Oct/2000:13:55 -0700``; ``None`` for an impossible or pre-1970 time."""
+    """Epoch of ``10/Oct/2000:13:55 -0700``; ``None`` for an impossible or pre-1970 time, or
+    one more than :data:`FUTURE_SLACK_S` ahead of the clock."""
     m = _MINUTE_RE.fullmatch(key)
     if m is None:
         return None
@@ -80,7 +98,8 @@ def _minute_epoch(key: str) -> int | None:
     if not 1 <= d <= calendar.monthrange(y, mon)[1]:
         return None
     offset = (zh * 3600 + zm * 60) * (-1 if sign == "-" else 1)
-    return calendar.timegm((y, mon, d, h, mi, 0, 0, 0, 0)) - offset
+    epoch = calendar.timegm((y, mon, d, h, mi, 0, 0, 0, 0)) - offset
+    return None if epoch > _not_after() else epoch
 
 
 def _uncached_epoch(text: str) -> int | None:
@@ -155,9 +174,15 @@ def _strftime_parser(fmt: str) -> Callable[[str], int | None]:
                 return None
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
+            try:
+                value = int(dt.timestamp())
+            except (OverflowError, ValueError):
+                return None
+            if value > _not_after():
+                return None
             if len(cache) >= _TIME_CACHE_MAX:
                 cache.clear()
-            epoch = cache[text] = int(dt.timestamp())
+            epoch = cache[text] = value
         return epoch
 
     return convert
@@ -165,7 +190,10 @@ def _strftime_parser(fmt: str) -> Callable[[str], int | None]:
 
 def _epoch_number(divisor: int) -> Callable[[str], int | None]:
     def convert(text: str) -> int | None:
-        return int(text) // divisor if text.isdigit() else None
+        if not text.isdigit():
+            return None
+        value = int(text) // divisor
+        return None if value > _not_after() else value
 
     return convert
 
@@ -193,7 +221,7 @@ def _unescape(text: str) -> str:
 
 def _split_request(req: str) -> tuple[str, str, str]:
     """Split ``GET /x HTTP/1.1`` into method, target and protocol (see :class:`LogRecord`)."""
-    parts = req.split(" ")
+    parts = req.split(" ") if "  " not in req else req.split()
     n = len(parts)
     method = parts[0]
     if n >= 2 and method.isupper() and parts[1]:
@@ -343,6 +371,13 @@ def _tokenize(spec: str) -> list[tuple[str, str | None, str]]:
     return out
 
 
+def _literal_pattern(literal: str) -> str:
+    """The regex of a format's literal text; a run of spaces matches any run of spaces and
+    tabs, so lines with doubled spaces between fields parse too."""
+    return "".join("[ \t]+" if part.isspace() else re.escape(part)
+                   for part in re.split(r"( +)", literal) if part)
+
+
 class LogFormat:
     """A compiled access-log format. Build with :meth:`compile`; call :attr:`parse` per line."""
 
@@ -361,7 +396,7 @@ class LogFormat:
         group = 0
         for i, (literal, arg, letter) in enumerate(tokens):
             if not letter:
-                parts.append(re.escape(literal))
+                parts.append(_literal_pattern(literal))
                 continue
             quoted = (
                 i > 0 and tokens[i - 1][0].endswith('"')
@@ -455,9 +490,14 @@ class LogFormat:
         return f"LogFormat({self.spec!r})"
 
     def _parse_regex(self, line: str) -> LogRecord | None:
-        """Parse any line with the compiled regular expression; ``None`` if it does not match."""
+        """Parse any line with the compiled regular expression; ``None`` if it does not match,
+        :data:`SKIPPED` for a blank line or a ``#`` comment (not log lines at all: web servers
+        write none, but concatenated or hand-edited logs and W3C headers have them)."""
         if len(line) > self.max_line_bytes or "\x00" in line:
             return None
+        stripped = line.strip()
+        if not stripped or stripped[0] == "#":
+            return SKIPPED
         m = self._regex.match(line.rstrip("\r\n"))
         if m is None:
             return None

@@ -22,6 +22,7 @@ import yaml
 
 from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import MappingError, Problem
+from pirus_bridge.yamlload import BoundedLoader
 
 TOP_KEYS = ("description", "oai_identifier", "item_url", "file_url", "rules")
 _USAGE_KEYS = ("metric", "item", "oai_identifier", "item_url", "file_url")
@@ -348,7 +349,7 @@ def _key_lines(node: yaml.Node | None, check: _Checker, rule: str | None) -> dic
 
 def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """Parse with the safe loader, keeping the node tree for line numbers."""
-    loader = yaml.SafeLoader(text)
+    loader = BoundedLoader(text)  # safe, and no alias bombs
     try:
         node = loader.get_single_node()
         return (loader.construct_document(node) if node is not None else None), node

@@ -9,9 +9,11 @@ once with :func:`register_secret` when they are read, and :func:`scrub` hides th
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # Query parameters whose value is a credential, whatever the URL.
@@ -31,6 +33,21 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= _MIN_SECRET:
         with _lock:
             _secrets.add(value)
+
+
+def register_url_credentials(url: str) -> None:
+    """Register the password of a URL (``scheme://user:password@host``) as a secret."""
+    m = _USERINFO.search(url)
+    if m:
+        register_secret(unquote(m.group(3)))
+        register_secret(m.group(3))
+
+
+def register_env_secrets(name: str, environ: Mapping[str, str] | None = None) -> None:
+    """Register each comma-separated value of the environment variable ``name`` (API keys)."""
+    value = (os.environ if environ is None else environ).get(name, "")
+    for part in value.split(","):
+        register_secret(part.strip())
 
 
 def redact_url(url: str) -> str:

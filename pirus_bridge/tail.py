@@ -21,21 +21,19 @@ Rotation:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import redis
 
-from pirus_bridge.chain import Chain, IngestSummary
+from pirus_bridge import keys
+from pirus_bridge.chain import IngestSummary, Stages
 from pirus_bridge.config import Config
-from pirus_bridge.counter import ReorderBuffer, event_from_json
-from pirus_bridge.events import UsageEvent
 from pirus_bridge.sources import Block, open_log
 from pirus_bridge.store import text
 
@@ -255,14 +253,14 @@ class Follower:
 
 
 class TailCheckpoint:
-    """A followed file's position and held events, under ``tail:<absolute path>``.
+    """A followed file's position, under ``tail:<absolute path>``.
 
     The position written is the follower's own (which may still be inside a rotated file), not
     the offset the loop passes, so a restart resumes exactly after the last committed line.
     """
 
     def __init__(self, path: Path, follower: Follower) -> None:
-        self.key = f"tail:{path.resolve()}"
+        self.key = keys.tail_position(str(path.resolve()))
         self.follower = follower
 
     def saved_position(self, r: redis.Redis) -> Position | None:
@@ -271,23 +269,18 @@ class TailCheckpoint:
             return None
         return Position.from_dict({text(k): text(v) for k, v in raw.items()})
 
-    def load(self, r: redis.Redis) -> tuple[int, int, list[UsageEvent]] | None:
-        raw = r.hget(self.key, "held")
-        held = [event_from_json(d) for d in json.loads(raw)] if raw else []
-        return 0, 0, held
-
     def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
-              held: list[str]) -> None:
+              last_texts: Sequence[str]) -> None:
         pos = self.follower.position()
         if pos is None:
             return
         pipe.hset(self.key, mapping={
             "identity": pos.identity, "offset": pos.offset, "line": pos.line,
-            "held": f"[{','.join(held)}]", "updated": int(time.time()),
+            "updated": int(time.time()),
         })
 
 
-def follow(cfg: Config, r: redis.Redis, path: str | Path, *, chain: Chain | None = None,
+def follow(cfg: Config, r: redis.Redis, path: str | Path, *, stages: Stages | None = None,
            follower: Follower | None = None) -> IngestSummary:
     """Follow ``path`` into the usage model until ``follower.stopping`` is set (``tail``)."""
     from pirus_bridge.ingest import Ingester
@@ -296,14 +289,10 @@ def follow(cfg: Config, r: redis.Redis, path: str | Path, *, chain: Chain | None
     follower = follower or Follower(path)
     checkpoint = TailCheckpoint(path, follower)
     follower.resume(checkpoint.saved_position(r))
-    buffer = ReorderBuffer(cfg.counting.reorder_window_s)
-    saved = checkpoint.load(r)
-    for event in saved[2] if saved else []:
-        buffer.push(event)
     summary = IngestSummary()
     try:
-        Ingester(cfg, r, chain=chain).run(follower, checkpoint, buffer, summary,
-                                          name=str(path), drain=False)
+        Ingester(cfg, r, stages=stages).run(follower, checkpoint, summary, name=str(path),
+                                            kind="tail")
     finally:
         follower.close()
     return summary

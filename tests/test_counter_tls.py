@@ -1,6 +1,6 @@
 """The COUNTER API over TLS (COUNTER requires HTTPS), both documented ways: ``serve`` with a
 certificate of its own (``http.tls_cert_file`` / ``tls_key_file``), and behind nginx with the
-example server block that ``docs/deployment.md`` gives (``docs/deploy/nginx-counter-api.conf``),
+example server block that ``docs/deployment.md`` gives (``docs/service/nginx-counter-api.conf``),
 run as a real nginx on a free port. Certificates are generated for the test by ``trustme``."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.helpers import ROOT, make_config, wait_until
 from tests.r51_support import KEY, WORLD, Api, count_log, http_config
 from tests.redis_server import free_port
 
-EXAMPLE = ROOT / "docs" / "deploy" / "nginx-counter-api.conf"
+EXAMPLE = ROOT / "docs" / "service" / "nginx-counter-api.conf"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pirus_bridge.logparse import LogFormat, LogRecord, _fast_parser, apache_time_to_epoch
+from pirus_bridge.logparse import (
+    NAMED_FORMATS,
+    SKIPPED,
+    LogFormat,
+    LogRecord,
+    _fast_parser,
+    apache_time_to_epoch,
+)
 from pirus_bridge.sources import open_log
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "logs"
@@ -154,9 +161,7 @@ def _random_text(seed: int) -> str:
     return bytes(rng.randrange(256) for _ in range(200)).decode("utf-8", "replace")
 
 
-BROKEN = [
-    ("empty", ""),
-    ("spaces", "   \t "),
+BROKEN = [  # (blank lines are skipped, not broken: see test_blank_and_comment_lines_…)
     ("random bytes", _random_text(1)),
     ("random bytes 2", _random_text(2)),
     ("nul inside", COMBINED.replace("Linux", "Li\x00nux")),
@@ -267,5 +272,65 @@ def test_broken_fixture_exactly_the_good_lines_parse() -> None:
     good = _load_generator().GOOD_LINES  # type: ignore[attr-defined]
     fmt = LogFormat.compile("combined")
     with open_log(str(FIXTURES / "broken.log")) as source:
-        parsed = [lineno for lineno, _, text in source if fmt.parse(text) is not None]
+        parsed = [lineno for lineno, _, text in source if fmt.parse(text) not in (None, SKIPPED)]
     assert parsed == list(good)
+
+
+# --- odd lines: doubled spaces, far-future times, blank and comment lines -----------------------
+
+_DOUBLED = {
+    "combined": '192.0.2.1  -  -  [14/Oct/2026:10:00:00 +0000]  "GET  /1234/  HTTP/1.1"  200  5'
+                '  "-"  "UA x"',
+    "nginx": '192.0.2.1 -  - [14/Oct/2026:10:00:00 +0000] "GET /1234/ HTTP/1.1"  200 5 "-"  "UA x"',
+    "common": '192.0.2.1  - -  [14/Oct/2026:10:00:00 +0000]  "GET /1234/ HTTP/1.1"  200  5',
+    "vhost_combined": 'eprints.example.ac.uk:443  192.0.2.1  - - [14/Oct/2026:10:00:00 +0000]'
+                      '  "GET /1234/ HTTP/1.1" 200  5  "-" "UA x"',
+    '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" %D':
+        '192.0.2.1 -  - [14/Oct/2026:10:00:00 +0000] "GET /1234/ HTTP/1.1" 200 5  "-" "UA x"  12',
+    '%a %t %m %U%q %H %>s %B':
+        '192.0.2.1  [14/Oct/2026:10:00:00 +0000]  GET  /1234/  HTTP/1.1  200  5',
+}
+
+
+@pytest.mark.parametrize("fmt", list(_DOUBLED))
+def test_parse_accepts_doubled_spaces_between_fields(fmt: str) -> None:
+    rec = LogFormat.compile(fmt).parse(_DOUBLED[fmt])
+    assert rec is not None, fmt
+    assert (rec.ip, rec.method, rec.url, rec.status, rec.size) == (
+        "192.0.2.1", "GET", "/1234/", 200, 5)
+    assert rec.ts == 1791972000
+
+
+@pytest.mark.parametrize("when", ["14/Oct/9999:10:00:00 +0000", "01/Jan/2999:00:00:00 +0000"])
+def test_parse_rejects_times_far_in_the_future(when: str) -> None:
+    line = f'192.0.2.1 - - [{when}] "GET /1234/ HTTP/1.1" 200 5 "-" "UA x"'
+    assert LogFormat.compile("combined").parse(line) is None
+    regex_path = LogFormat.compile(NAMED_FORMATS["combined"] + " %D")
+    assert regex_path.parse(line + " 5") is None
+    assert regex_path.parse(line.replace("9999", "2026").replace("2999", "2026") + " 5")
+
+
+def test_parse_allows_clocks_that_disagree_a_little() -> None:
+    import datetime as dt
+    import time
+
+    soon = dt.datetime.fromtimestamp(time.time() + 3600, dt.UTC)
+    line = (f'192.0.2.1 - - [{soon.strftime("%d/%b/%Y:%H:%M:%S +0000")}] "GET / HTTP/1.1" 200 5'
+            ' "-" "UA x"')
+    assert LogFormat.compile("combined").parse(line) is not None
+
+
+def test_parse_rejects_far_future_epoch_and_strftime_times() -> None:
+    sec = LogFormat.compile('%h %{sec}t "%r" %>s %b')
+    assert sec.parse('192.0.2.1 1791972000 "GET / HTTP/1.1" 200 5') is not None
+    assert sec.parse('192.0.2.1 253402300799 "GET / HTTP/1.1" 200 5') is None
+    iso = LogFormat.compile('%h [%{%Y-%m-%dT%H:%M:%S}t] "%r" %>s %b')
+    assert iso.parse('192.0.2.1 [2026-10-14T10:00:00] "GET / HTTP/1.1" 200 5') is not None
+    assert iso.parse('192.0.2.1 [9999-10-14T10:00:00] "GET / HTTP/1.1" 200 5') is None
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\t", "#Fields: date time c-ip cs-uri-stem",
+                                  "# a comment", "  # indented comment"])
+@pytest.mark.parametrize("fmt", ["combined", "common", '%h %t "%r" %>s %b'])
+def test_blank_and_comment_lines_are_skipped_not_unparsed(line: str, fmt: str) -> None:
+    assert LogFormat.compile(fmt).parse(line) is SKIPPED

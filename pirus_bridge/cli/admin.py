@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from pirus_bridge.cli.app import App, emit_json, json_option, pass_app
 from pirus_bridge.exceptions import ConfigError, Problem
@@ -47,8 +46,10 @@ def config_check(app: App) -> None:
 
 def _mapping_from_raw(config_file: Path) -> tuple[Path | None, str, str]:
     """Best effort: find the mapping of a config that did not validate, to check it too."""
+    from pirus_bridge.config import read_yaml
+
     try:
-        raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        raw = read_yaml(config_file)
         repo = raw.get("repository") or {}
         mapping = repo.get("mapping")
         base = config_file.resolve().parent
@@ -57,7 +58,7 @@ def _mapping_from_raw(config_file: Path) -> tuple[Path | None, str, str]:
             str(repo.get("host") or "repository.example.org"),
             str(repo.get("base_url") or "https://repository.example.org"),
         )
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (ConfigError, AttributeError):
         return None, "", ""
 
 

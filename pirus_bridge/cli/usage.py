@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from pirus_bridge import keys
 from pirus_bridge.cli.app import App, emit_json, is_terminal, json_option, pass_app
+from pirus_bridge.exceptions import PirusBridgeError
 from pirus_bridge.ingest import IngestSummary
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -75,8 +77,10 @@ def _print_summary(s: IngestSummary) -> None:
         ("lines", s.lines), ("parsed", s.parsed), ("unparsed", s.unparsed), ("robots", s.bots),
         ("not found (4xx/5xx)", s.notfound), ("other", s.other),
         ("investigations counted", s.investigations), ("requests counted", s.requests),
-        ("double-clicks dropped", s.double_clicks),
+        ("double-clicks (superseded)", s.double_clicks),
     ]
+    if s.replayed:
+        rows.append(("already counted (replayed)", s.replayed))
     rows += [(f"enqueued for {g}", n) for g, n in s.enqueued.items()]
     width = max(len(label) for label, _ in rows)
     for label, n in rows:
@@ -118,7 +122,12 @@ def stats_item(app: App, item_id: str, as_json: bool) -> None:
     """COUNTER metrics, months and the daily series of one item (the id the mapping captured)."""
     from pirus_bridge.store import UsageStore
 
-    data = UsageStore(app.redis).item_stats(item_id)
+    store = UsageStore(app.redis)
+    data = store.item_stats(item_id)
+    if not data["months"] and not app.redis.sismember(keys.OBJECTITEMS, item_id):
+        raise PirusBridgeError(f"no usage counted for item {item_id!r}: not an item id the "
+                               "mapping captured so far (see `mapping test URL` for a URL's "
+                               "item id, `stats top` for counted items)")
     if as_json:
         emit_json(data)
         return
@@ -262,8 +271,14 @@ def entity() -> None:
 @pass_app
 def entity_bundle(app: App, name: str, entity_keys: tuple[str, ...]) -> None:
     """Assert that ENTITY_KEYS (e.g. n:092f…) are one person or thing, as bundle NAME."""
-    from pirus_bridge.entities import bundle_entities
+    from pirus_bridge.entities import bundle_entities, entity_type
 
+    for key in entity_keys:
+        try:
+            entity_type(key)
+        except ValueError as e:
+            raise PirusBridgeError(f"{e}: entity keys look like n:092f… (see `stats entity "
+                                   "TEXT --json` for an entity's keys)") from None
     bundle_entities(app.redis, name, list(entity_keys))
     click.echo(f"bundle {name}: {len(entity_keys)} entity key(s)")
 

@@ -34,7 +34,7 @@ from pirus_bridge.r51.reader import UsageReader
 from pirus_bridge.r51.report import created_stamp
 from pirus_bridge.r51.request import parse_ir_request
 from pirus_bridge.r51.service import ReportService
-from pirus_bridge.redact import register_secret
+from pirus_bridge.redact import register_env_secrets
 from pirus_bridge.web.context import WebContext
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,8 @@ class CounterResponse(JSONResponse):
 
 def read_api_keys(env_name: str) -> frozenset[str]:
     """The keys in ``$env_name`` (comma-separated), each registered as a secret."""
-    found = frozenset(k.strip() for k in os.environ.get(env_name, "").split(",") if k.strip())
-    for key in found:
-        register_secret(key)
-    return found
+    register_env_secrets(env_name)
+    return frozenset(k.strip() for k in os.environ.get(env_name, "").split(",") if k.strip())
 
 
 def check_access(params: Mapping[str, str], api_keys: frozenset[str],
