@@ -164,6 +164,26 @@ class HttpConfig:
         return parse_listen(self.listen)
 
 
+@dataclass(frozen=True)
+class CounterApiConfig:
+    """The COUNTER R5.1 reports (``report --format r51-*`` and the COUNTER API on
+    ``http.listen``); see ``docs/counter-api.md``. ``None`` values fall back to the repository's
+    own (``platform`` to ``repository.host``, ``platform_id`` to its first label)."""
+
+    api_keys_env: str = "PIRUS_BRIDGE_COUNTER_API_KEYS"
+    platform: str | None = None
+    platform_id: str | None = None
+    publisher: str = ""
+    customer_id: str = "0000000000000000"
+    institution_name: str = "The World"
+    access_type: str = "Open"
+    data_types: Mapping[str, str] = field(default_factory=dict)  # metadata type -> Data_Type
+    default_data_type: str = "Other"
+    registry_record: str = ""
+    first_month: str | None = None  # YYYY-MM: no usage was processed before this month
+    description: str | None = None  # /r51/status Description
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) as a pair; ValueError with a readable reason."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text)
@@ -188,6 +208,7 @@ class Config:
     outbox: OutboxConfig = OutboxConfig()
     live: LiveConfig = LiveConfig()
     http: HttpConfig = HttpConfig()
+    counter_api: CounterApiConfig = CounterApiConfig()
     retention: RetentionConfig = RetentionConfig()
     source: Path | None = None
 
@@ -577,6 +598,53 @@ def _read_http(s: _Section, base: Path) -> HttpConfig:
     return h
 
 
+def _read_counter_api(s: _Section) -> CounterApiConfig:
+    from pirus_bridge.r51 import vocabulary as v  # COUNTER's own value lists
+
+    def pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
+        def convert(value: Any) -> str:
+            text = _string(value)
+            if not regex.match(text):
+                raise ValueError(f"must be {what}, not {text!r}")
+            return text
+
+        return convert
+
+    data_types: dict[str, str] = {}
+    mapping = s.section("data_types")
+    for key, value in mapping.data.items():
+        mapping.seen.add(str(key))
+        try:
+            data_types[str(key).strip().lower()] = _choice(v.DATA_TYPES)(value)
+        except ValueError as e:
+            mapping.problem(str(key), str(e))
+    month = pattern(re.compile(r"^\d{4}-(0[1-9]|1[0-2])$"), "a month YYYY-MM")
+    registry = pattern(v.REGISTRY_PATTERN, "a COUNTER Registry platform URL")
+    d = CounterApiConfig()  # the defaults, written once
+    c = CounterApiConfig(
+        api_keys_env=s.get("api_keys_env", _string, d.api_keys_env),
+        platform=s.get("platform", pattern(re.compile(r"^\S.+"), "at least 2 characters"),
+                       d.platform),
+        platform_id=s.get("platform_id", pattern(
+            v.PLATFORM_ID_PATTERN, "a letter then 1-17 letters, digits or _ . /"), d.platform_id),
+        publisher=s.get("publisher", _string, d.publisher),
+        customer_id=s.get("customer_id", pattern(re.compile(r"^\S+$"), "one word"),
+                          d.customer_id),
+        institution_name=s.get("institution_name", _string, d.institution_name),
+        access_type=s.get("access_type", _choice(v.ACCESS_TYPES), d.access_type),
+        data_types=data_types,
+        default_data_type=s.get("default_data_type", _choice(v.DATA_TYPES), d.default_data_type),
+        registry_record=s.get("registry_record", lambda x: "" if x == "" else registry(x),
+                              d.registry_record),
+        first_month=s.get("first_month", month, d.first_month),
+        description=s.get("description", _string, d.description),
+    )
+    if len(c.institution_name) < 2:
+        s.problem("institution_name", "must be at least 2 characters")
+    s.finish()
+    return c
+
+
 def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem."""
     problems: list[Problem] = []
@@ -600,6 +668,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     outbox = _read_outbox(top.section("outbox"))
     live = _read_live(top.section("live"), base)
     http = _read_http(top.section("http"), base)
+    counter_api = _read_counter_api(top.section("counter_api"))
     retention = _read_retention(top.section("retention"))
     top.finish()
     if problems or repository is None:
@@ -615,6 +684,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         outbox=outbox,
         live=live,
         http=http,
+        counter_api=counter_api,
         retention=retention,
         source=Path(source) if source else None,
     )

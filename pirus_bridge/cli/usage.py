@@ -174,13 +174,50 @@ def stats_top(app: App, month: str | None, metric: str, limit: int, as_json: boo
         click.echo(f"  {row[metric]:>8,}  {row['item']:<30} {spark}")
 
 
+R51_FILTERS = ("data_type", "access_type", "access_method", "yop", "item_id", "metric_type")
+
+
 @click.command()
 @click.option("--month", required=True, type=_month, help="YYYY-MM")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "json"]), default="tsv",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "json", "r51-json", "r51-tsv"]),
+              default="tsv", show_default=True,
+              help="r51-json / r51-tsv: the COUNTER R5.1 Item Report, as the COUNTER API "
+                   "serves it.")
+@click.option("--to", "to_month", type=_month,
+              help="R5.1 formats: the last month of a multi-month report (default: --month).")
+@click.option("--attributes-to-show", default="YOP|Access_Type|Access_Method", show_default=True,
+              help="R5.1 formats: optional elements, |-separated (COUNTER attributes_to_show: "
+                   "Authors, Publication_Date, Article_Version, YOP, Access_Type, "
+                   "Access_Method); '' for none.")
+@click.option("--granularity", type=click.Choice(["Month", "Totals"]), default="Month",
+              show_default=True, help="r51-json: usage per month, or one total for the period.")
+@click.option("--filter", "filters", multiple=True, metavar="NAME=VALUE",
+              help=f"R5.1 formats: a COUNTER report filter ({', '.join(R51_FILTERS)}); "
+                   "values |-separated. Repeatable.")
+@click.option("--exclude-monthly-details", is_flag=True,
+              help="r51-tsv: the Reporting_Period_Total column only.")
 @pass_app
-def report(app: App, month: str, fmt: str) -> None:
-    """COUNTER-style item report for a month (TSV or JSON)."""
+def report(app: App, month: str, fmt: str, to_month: str | None, attributes_to_show: str,
+           granularity: str, filters: tuple[str, ...], exclude_monthly_details: bool) -> None:
+    """COUNTER item report for a month: TSV or JSON rows, or the R5.1 Item Report (IR)."""
+    if fmt.startswith("r51-"):
+        params = {"begin_date": month, "end_date": to_month or month,
+                  "attributes_to_show": attributes_to_show, "granularity": granularity}
+        for text in filters:
+            name, sep, value = text.partition("=")
+            if not sep or name not in R51_FILTERS:
+                raise click.BadParameter(f"expected NAME=VALUE with NAME one of "
+                                         f"{', '.join(R51_FILTERS)}, not {text!r}",
+                                         param_hint="--filter")
+            params[name] = value
+        if fmt == "r51-tsv" and granularity != "Month":
+            raise click.UsageError("r51-tsv has monthly columns; use --exclude-monthly-details "
+                                   "for totals only")
+        _r51_report(app, params, fmt, exclude_monthly_details)
+        return
+    if to_month or filters or exclude_monthly_details or granularity != "Month":
+        raise click.UsageError("--to, --filter, --granularity and --exclude-monthly-details "
+                               "are for --format r51-json and r51-tsv")
     from pirus_bridge.store import UsageStore
 
     rows = UsageStore(app.redis).report(month)
@@ -198,6 +235,23 @@ def report(app: App, month: str, fmt: str) -> None:
     out.write("Item\tOAI_Identifier\t" + "\t".join(columns[2:]) + "\n")
     for row in rows:
         out.write("\t".join(str(row[c] if row[c] is not None else "") for c in columns) + "\n")
+
+
+def _r51_report(app: App, params: dict[str, str], fmt: str,
+                exclude_monthly_details: bool) -> None:
+    from pirus_bridge.r51.reader import UsageReader
+    from pirus_bridge.r51.report import item_report_tsv
+    from pirus_bridge.r51.request import parse_ir_request
+    from pirus_bridge.r51.service import ReportService
+
+    service = ReportService(app.config, UsageReader(app.redis))
+    req = parse_ir_request(params, today=service.today(), platforms=service.platforms(),
+                           exclude_monthly_details=exclude_monthly_details)
+    data = service.item_report(req)
+    if fmt == "r51-json":
+        emit_json(data)
+    else:
+        sys.stdout.write(item_report_tsv(data, req))
 
 
 def _month_end(month: str) -> str:
