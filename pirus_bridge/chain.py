@@ -99,10 +99,12 @@ class Chain:
                                                base_url=repo.base_url)
         self.store = UsageStore(r, cfg.counting)
         robots = RobotDetector(cfg.bots, extra_ips=self.store.bot_ips())
-        self.classifier = Classifier(robots, self.mapping, cfg.counting)
         self.parser = LogFormat.compile(
-            cfg.log.format, session=cfg.log.session, max_line_bytes=cfg.log.max_line_bytes
-        )
+            cfg.log.format, session=cfg.log.session, max_line_bytes=cfg.log.max_line_bytes,
+            client=cfg.log.client, trusted_proxies=cfg.log.trusted_proxies,
+        )  # fmt: skip
+        self.classifier = Classifier(robots, self.mapping, cfg.counting,
+                                     user_agent_logged=self.parser.logs_user_agent)
         self.hasher = Hasher(ensure_salt(r, cfg.counting.salt))
         self.gatherers = [g for g in cfg.gatherers.values() if g.enabled] if send else []
         self.metadata = metadata_cache(cfg, r)
