@@ -208,7 +208,7 @@ class Chain:
 def metadata_cache(cfg: Config, r: redis.Redis) -> Any:
     """The configured metadata provider behind its Redis cache, or None."""
     m = cfg.metadata
-    if m.provider == "none":
+    if m.provider in ("none", "dspace-rest"):  # dspace-rest resolves ids (metadata.fetcher)
         return None
     from pirus_bridge.metadata import MetadataCache, OaiPmhProvider, SolrProvider
 

@@ -87,12 +87,15 @@ class CountingConfig:
 
 @dataclass(frozen=True)
 class MetadataConfig:
-    provider: str = "none"  # none | oai-pmh | solr
-    url: str | None = None
+    provider: str = "none"  # none | oai-pmh | solr | dspace-rest
+    url: str | None = None  # dspace-rest: the REST API root, e.g. https://repo/server/api
     metadata_prefix: str = "oai_dc"
     id_field: str = "id"
     scoped_entities: bool = False
     timeout_s: float = 20.0
+    workers: int = 4  # background fetch threads (pirus_bridge.metadata.fetcher)
+    failure_threshold: int = 3  # consecutive failures that open the endpoint's circuit
+    probe_interval_s: float = 60.0  # then one probe this often
 
 
 @dataclass(frozen=True)
@@ -429,12 +432,15 @@ def _read_counting(s: _Section) -> CountingConfig:
 
 def _read_metadata(s: _Section) -> MetadataConfig:
     m = MetadataConfig(
-        provider=s.get("provider", _choice(("none", "oai-pmh", "solr")), "none"),
+        provider=s.get("provider", _choice(("none", "oai-pmh", "solr", "dspace-rest")), "none"),
         url=s.get("url", _http_url, None),
         metadata_prefix=s.get("metadata_prefix", _string, "oai_dc"),
         id_field=s.get("id_field", _string, "id"),
         scoped_entities=s.get("scoped_entities", _boolean, False),
         timeout_s=s.get("timeout_s", _number(0.1), 20.0),
+        workers=s.get("workers", _integer(1, 64), 4),
+        failure_threshold=s.get("failure_threshold", _integer(1), 3),
+        probe_interval_s=s.get("probe_interval_s", _number(1), 60.0),
     )
     if m.provider != "none" and not m.url:
         s.problem("url", f"is required when provider is {m.provider}")

@@ -14,6 +14,9 @@ Items and metadata
     ``md:{item}``                   hash: ``oai_identifier``, ``title``, ``doi``, ``mime``,
                                     ``status`` (``ok`` | ``failed`` | ``none``), ``fetched_at``,
                                     ``json`` (the whole metadata record when ``ok``)
+    ``rs:<kind>:{id}``              string: a resolution (JSON) of a DSpace UUID, an item or a
+                                    file by the metadata provider, negative ones too; expires
+                                    (``pirus_bridge.metadata.fetcher``)
 
 Entities (seed post 1: type prefix + md5 of the text, optionally scoped by record id)
     ``<p>:<md5>``                   string: the entity's text (reverse mapping), e.g. ``n:092f…``
@@ -118,6 +121,10 @@ def tag(item: str) -> str:
 
 def metadata(item: str) -> str:
     return f"md:{tag(item)}"
+
+
+def resolution(kind: str, key: str) -> str:
+    return f"rs:{kind}:{tag(key)}"
 
 
 def item_entities(item: str) -> str:

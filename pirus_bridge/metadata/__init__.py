@@ -9,6 +9,13 @@ breaker, so a slow or dead endpoint never stalls counting (SPEC §5, §7).
 """
 
 from pirus_bridge.metadata.cache import MetadataCache
+from pirus_bridge.metadata.dspace import (
+    DSpaceRestProvider,
+    parse_dspace_bitstream,
+    parse_dspace_bundle,
+    parse_dspace_item,
+)
+from pirus_bridge.metadata.fetcher import Breaker, Fetcher, MatchResolver, build_fetcher
 from pirus_bridge.metadata.http import MAX_RESPONSE_BYTES, HttpProvider
 from pirus_bridge.metadata.model import (
     ABSENT_CODES,
@@ -26,9 +33,13 @@ from pirus_bridge.metadata.oai import (
     hardened_parser,
     parse_oai_dc,
 )
+from pirus_bridge.metadata.resolution import PENDING, UNAVAILABLE, Resolution, apply
 from pirus_bridge.metadata.solr import DEFAULT_SOLR_FIELDS, SolrProvider, parse_solr, solr_quote
 
 __all__ = [
+    "PENDING", "UNAVAILABLE", "Breaker", "DSpaceRestProvider", "Fetcher", "MatchResolver",
+    "Resolution", "apply", "build_fetcher", "parse_dspace_bitstream", "parse_dspace_bundle",
+    "parse_dspace_item",
     "ABSENT_CODES", "DC_NS", "DEFAULT_SOLR_FIELDS", "MAX_RESPONSE_BYTES", "NS", "OAI_NS",
     "HttpProvider", "ItemMetadata", "MetadataCache", "MetadataError", "MetadataProvider",
     "NoMetadata", "OaiPmhProvider", "SolrProvider", "find_doi", "hardened_parser",
