@@ -80,6 +80,7 @@ class MappingExplanation:
     match: MappingMatch | None
     rule: str | None
     reason: str
+    considered: bool = False  # some rule's regex matched (then an exclude or method said no)
 
     def __str__(self) -> str:
         return f"{self.url}: {self.reason}"
@@ -196,9 +197,9 @@ class Mapping:
                 if found.resolve is not None:
                     notes.append(f"counted once the {found.resolve.provider} metadata provider "
                                  f"answers (resolve: {found.resolve.value})")
-            return MappingExplanation(url, path, found, rule.name, "; ".join(notes))
+            return MappingExplanation(url, path, found, rule.name, "; ".join(notes), True)
         notes.append("no other rule matched" if notes else "no rule matched")
-        return MappingExplanation(url, path, None, None, "; ".join(notes))
+        return MappingExplanation(url, path, None, None, "; ".join(notes), bool(notes[:-1]))
 
     def _scan(self, path: str, method: str, start: int) -> MappingMatch | None:
         """Slow path: try rules one by one from ``start`` (after an exclude or method miss)."""
