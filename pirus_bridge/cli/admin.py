@@ -104,6 +104,9 @@ def mapping_test(app: App, urls: tuple[str, ...], mapping_file: str | None, as_j
                 f"{url}\n  rule {m.rule}: {m.metric.value} of item {m.item}"
                 f" (OAI {m.oai_identifier or 'unknown'})\n  svc_dat {m.url}"
             )
+            if m.resolve is not None:
+                click.echo(f"  resolve {m.resolve.value}: counted once the {m.resolve.provider} "
+                           "metadata provider answers")
 
 
 

@@ -315,23 +315,28 @@ def main_file_lookup(provider: MetadataProvider, memo_size: int = 1024) -> Looku
     """
     memo: OrderedDict[str, ItemMetadata | None] = OrderedDict()
     lock = threading.Lock()
+    fetching: dict[str, threading.Lock] = {}  # one fetch per item, however many files ask
 
     def look(key: str) -> Resolution:
         item, _, url = key.partition("|")
         with lock:
-            known = item in memo
-            md = memo.get(item)
-        if not known:
-            try:
-                md = provider.fetch(item, None)
-            except MetadataError as e:
-                if not e.absent:
-                    raise
-                md = None
+            item_lock = fetching.setdefault(item, threading.Lock())
+        with item_lock:
             with lock:
-                memo[item] = md
-                while len(memo) > memo_size:
-                    memo.popitem(last=False)
+                known = item in memo
+                md = memo.get(item)
+            if not known:
+                try:
+                    md = provider.fetch(item, None)
+                except MetadataError as e:
+                    if not e.absent:
+                        raise
+                    md = None
+                with lock:
+                    memo[item] = md
+                    while len(memo) > memo_size:
+                        gone, _md = memo.popitem(last=False)
+                        fetching.pop(gone, None)
         match = MappingMatch("", item, None, MetricType.REQUEST, url)
         return judge_main_file(match, md)
 
