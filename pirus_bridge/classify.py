@@ -39,14 +39,16 @@ CHALLENGE_PATHS = (
     "/.well-known/.git.gammaspectra.live/git/go-away/",  # go-away challenges
     "/cdn-cgi/challenge-platform/",  # Cloudflare managed challenge
 )
-CHALLENGE_QUERY = ("__goaway_", "__cf_chl_")
+CHALLENGE_QUERY = ("__goaway_", "__cf_chl_")  # as tested, spelled out, in is_challenge
 _CHALLENGE = MappingMatch("<challenge>", "", None, MetricType.REQUEST, "")  # URL-cache marker
 _UNKNOWN_AGENT = {"": ""}  # the agent cache of a format without a User-Agent: unknown, a person
 
 
 def is_challenge(url: str) -> bool:
     """True for a WAF or proof-of-work challenge request (see :data:`CHALLENGE_PATHS`)."""
-    return url.startswith(CHALLENGE_PATHS) or any(q in url for q in CHALLENGE_QUERY)
+    # called for every new URL: plain substring tests, no generator
+    return url.startswith(CHALLENGE_PATHS) or (
+        "__" in url and ("__goaway_" in url or "__cf_chl_" in url))
 
 
 class Sorted:
@@ -116,7 +118,7 @@ class Classifier:
         challenge = _CHALLENGE
         usage: list[tuple[LogRecord, MappingMatch]] = []
         unparsed_at: list[int] = []
-        by_source: dict[str, int] = {}
+        by_source = dict.fromkeys([s.value for s in RobotSource], 0)
         n_unparsed = n_bot = n_notfound = n_other = n_challenge = 0
         for rec in records:
             if rec is None:
@@ -133,7 +135,7 @@ class Classifier:
                     source = ip_source(rec.ip)
             if source:
                 n_bot += 1
-                by_source[source] = by_source.get(source, 0) + 1
+                by_source[source] += 1
             elif rec.status >= 400:
                 n_notfound += 1
             elif rec.status in statuses and rec.method in methods:
@@ -157,7 +159,8 @@ class Classifier:
             "unparsed": n_unparsed, "bot": n_bot, "notfound": n_notfound,
             "usage": len(usage), "other": n_other,
         }  # fmt: skip
-        return Sorted(counts, usage, unparsed_at, by_source, n_challenge)
+        robots_by = {k: n for k, n in by_source.items() if n}
+        return Sorted(counts, usage, unparsed_at, robots_by, n_challenge)
 
     def explain(self, rec: LogRecord | None) -> Explanation:
         """The category of one record and why, naming the list entry, range, status or rule.
