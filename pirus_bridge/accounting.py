@@ -6,8 +6,8 @@ their own timestamp (an unparsed line, which has none, in its neighbours' month)
 
 Two places hold it, both written in the transaction that counts the lines:
 
-* ``acct:<YYYY-MM>`` — the lines that are not usage: ``unparsed``, ``bot:<source>``,
-  ``notfound``, ``other``;
+* ``acct:<YYYY-MM>`` — the lines that are not usage: ``unparsed``, ``bot:<source>`` (the
+  classifier's sources, and ``volume`` from the counting script), ``notfound``, ``other``;
 * ``c:{item}`` — the usage lines, per item: an action is one line (its retained click:
   ``TII`` of both kinds, ``TIR`` of Requests) and ``DC`` counts the lines superseded as
   double-clicks. A replayed line is in neither.
@@ -20,18 +20,16 @@ from typing import Any
 import redis
 
 from pirus_bridge import keys
+from pirus_bridge.robots import RobotSource
 from pirus_bridge.store import text
 
-ROBOT_SOURCES = ("counter_list", "ai_agents", "ip_ranges", "patterns", "volume")
+ROBOT_SOURCES = tuple(s.value for s in RobotSource)
 
 
 def month_accounting(r: redis.Redis, month: str) -> dict[str, Any]:
     """``accounting --month M --json`` (SPEC §11)."""
     raw = {text(k): int(v) for k, v in r.hgetall(keys.accounting(month)).items()}
     by_source = {s: raw.get(f"bot:{s}", 0) for s in ROBOT_SOURCES}
-    unsourced = raw.get("bot", 0)  # lines from before sources were kept apart
-    if unsourced:
-        by_source["patterns"] += unsourced
     usage = usage_lines(r, month)
     out: dict[str, Any] = {
         "month": month,

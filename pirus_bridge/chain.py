@@ -89,8 +89,8 @@ class IngestSummary:
 @dataclass
 class Lines:
     """A run of lines through the pure stages: categories in all and per month of the lines'
-    own timestamps (an unparsed line takes its neighbours' month), where the unparsed ones are,
-    and the usage events in line order."""
+    own timestamps (an unparsed line takes its neighbours' month; robots also as ``bot:<source>``
+    there), where the unparsed ones are, and the usage events in line order."""
 
     counts: dict[str, int]
     months: dict[str, dict[str, int]]
@@ -146,6 +146,8 @@ class Chain:
             for category, n in result.counts.items():
                 counts[category] = counts.get(category, 0) + n
                 per[category] = per.get(category, 0) + n
+            for source, n in result.robots.items():  # robots by source, for the accounting
+                per[f"bot:{source}"] = per.get(f"bot:{source}", 0) + n
             unparsed_at += [start + at for at in result.unparsed_at]
             events += [
                 UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
@@ -317,11 +319,12 @@ class Stages:
         ``u:<category>`` counters."""
         totals: dict[str, int] = {}
         for month, counts in months.items():
-            fields = {c: n for c, n in counts.items() if n and c != "usage"}
             for c, n in counts.items():
-                totals[c] = totals.get(c, 0) + n
-            for c, n in fields.items():
-                pipe.hincrby(keys.accounting(month), c, n)
+                if c in keys.CATEGORY_COUNTERS:
+                    totals[c] = totals.get(c, 0) + n
+                # usage lines are in c:{item}; robots only by source
+                if n and c not in ("usage", "bot"):
+                    pipe.hincrby(keys.accounting(month), c, n)
         self.store.add_category_counts(pipe, totals)
 
 
@@ -333,9 +336,12 @@ def build(cfg: Config, r: redis.Redis, *, send: bool = True,
     mapping = mapping or Mapping.load(repo.mapping, host=repo.host, base_url=repo.base_url)
     store = UsageStore(r, cfg.counting, volume_per_day=cfg.bots.volume_per_day)
     robots = RobotDetector(cfg.bots, extra_ips=store.bot_ips())
-    classifier = Classifier(robots, mapping, cfg.counting)
-    parser = LogFormat.compile(cfg.log.format, session=cfg.log.session,
-                               max_line_bytes=cfg.log.max_line_bytes)
+    parser = LogFormat.compile(
+        cfg.log.format, session=cfg.log.session, max_line_bytes=cfg.log.max_line_bytes,
+        client=cfg.log.client, trusted_proxies=cfg.log.trusted_proxies,
+    )  # fmt: skip
+    classifier = Classifier(robots, mapping, cfg.counting,
+                            user_agent_logged=parser.logs_user_agent)
     hasher = Hasher(ensure_salt(r, cfg.counting.salt))
     gatherers = [g for g in cfg.gatherers.values() if g.enabled] if send else []
     recorder = Recorder(store, hasher, gatherers, metadata_cache(cfg, r))
@@ -345,7 +351,7 @@ def build(cfg: Config, r: redis.Redis, *, send: bool = True,
 def metadata_cache(cfg: Config, r: redis.Redis) -> Any:
     """The configured metadata provider behind its Redis cache, or None."""
     m = cfg.metadata
-    if m.provider == "none":
+    if m.provider in ("none", "dspace-rest"):  # dspace-rest resolves ids (metadata.fetcher)
         return None
     from pirus_bridge.metadata import MetadataCache, OaiPmhProvider, SolrProvider
 

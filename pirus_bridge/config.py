@@ -57,13 +57,24 @@ class LogConfig:
     format: str = "combined"
     session: str | None = None  # the LogFormat directive that carries a session id
     max_line_bytes: int = 16384
+    # client from this logged header, walked from the right past these proxies (SPEC §4)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    forwarded_for: str = "%{X-Forwarded-For}i"
+
+    @property
+    def client(self) -> str | None:
+        """The directive the client address comes from, when proxies are trusted."""
+        return self.forwarded_for if self.trusted_proxies else None
 
 
 @dataclass(frozen=True)
 class BotsConfig:
     ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     user_agents: tuple[re.Pattern[str], ...] = ()
-    counter_list: bool = True  # the COUNTER robots list from the counter-robots package
+    counter_list: bool = True  # the COUNTER robots list (counter-robots package or list_file)
+    list_file: Path | None = None  # a newer COUNTER list, txt or json (counter-bots format)
+    ai_agents: bool = True  # the AI crawler and agent list
+    ai_agents_file: Path | None = None  # replaces the shipped AI-agent list
     # the volume rule: a user (IP + User-Agent, or a logged session) with more usage lines than
     # this in one UTC day is excluded for the whole day; 0 turns the rule off
     volume_per_day: int = 500
@@ -82,12 +93,15 @@ class CountingConfig:
 
 @dataclass(frozen=True)
 class MetadataConfig:
-    provider: str = "none"  # none | oai-pmh | solr
-    url: str | None = None
+    provider: str = "none"  # none | oai-pmh | solr | dspace-rest
+    url: str | None = None  # dspace-rest: the REST API root, e.g. https://repo/server/api
     metadata_prefix: str = "oai_dc"
     id_field: str = "id"
     scoped_entities: bool = False
     timeout_s: float = 20.0
+    workers: int = 4  # background fetch threads (pirus_bridge.metadata.fetcher)
+    failure_threshold: int = 3  # consecutive failures that open the endpoint's circuit
+    probe_interval_s: float = 60.0  # then one probe this often
 
 
 @dataclass(frozen=True)
@@ -409,28 +423,40 @@ def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:
     return RepositoryConfig(host=host, base_url=base_url.rstrip("/"), mapping=mapping_path)
 
 
+def _networks(s: _Section, key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    no_items: list[Any] = []
+    for i, value in enumerate(s.get(key, _list, no_items)):
+        try:
+            networks.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            s.problem(f"{key}[{i}]", f"not an IP address or CIDR range: {value!r}")
+    return networks
+
+
 def _read_log(s: _Section) -> LogConfig:
     fmt = s.get("format", _string, "combined")
     session = s.get("session", _string, None)
     max_line = s.get("max_line_bytes", _integer(256), 16384)
+    proxies = tuple(_networks(s, "trusted_proxies"))
+    forwarded = s.get("forwarded_for", _string, "%{X-Forwarded-For}i")
     s.finish()
     from pirus_bridge.logparse import LogFormat  # the parser owns the directive grammar
 
+    log = LogConfig(format=fmt, session=session, max_line_bytes=max_line,
+                    trusted_proxies=proxies, forwarded_for=forwarded)  # fmt: skip
     try:
-        LogFormat.compile(fmt, session=session, max_line_bytes=max_line)
+        LogFormat.compile(fmt, session=session, max_line_bytes=max_line, client=log.client,
+                          trusted_proxies=proxies)  # fmt: skip
     except ValueError as e:
-        s.problem("format", str(e))
-    return LogConfig(format=fmt, session=session, max_line_bytes=max_line)
+        s.problem("trusted_proxies" if proxies and "client directive" in str(e) else "format",
+                  str(e))  # fmt: skip
+    return log
 
 
-def _read_bots(s: _Section) -> BotsConfig:
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+def _read_bots(s: _Section, base: Path) -> BotsConfig:
+    networks = _networks(s, "ips")
     no_items: list[Any] = []
-    for i, value in enumerate(s.get("ips", _list, no_items)):
-        try:
-            networks.append(ipaddress.ip_network(str(value), strict=False))
-        except ValueError:
-            s.problem(f"ips[{i}]", f"not an IP address or CIDR range: {value!r}")
     patterns = []
     for i, value in enumerate(s.get("user_agents", _list, no_items)):
         try:
@@ -438,10 +464,28 @@ def _read_bots(s: _Section) -> BotsConfig:
         except re.error as e:
             s.problem(f"user_agents[{i}]", f"invalid regex {value!r}: {e}")
     counter_list = s.get("counter_list", _boolean, True)
+    list_file = s.get("list_file", _string, None)
+    ai_agents = s.get("ai_agents", _boolean, True)
+    ai_file = s.get("ai_agents_file", _string, None)
     volume = s.get("volume_per_day", _integer(0), 500)
     s.finish()
-    return BotsConfig(ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list,
-                      volume_per_day=volume)
+    bots = BotsConfig(
+        ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list,
+        list_file=base / list_file if list_file else None, ai_agents=ai_agents,
+        ai_agents_file=base / ai_file if ai_file else None, volume_per_day=volume,
+    )  # fmt: skip
+    from pirus_bridge import robots  # the robots module owns the list formats
+
+    for key, path, load in (("list_file", bots.list_file, robots.load_counter_list),
+                            ("ai_agents_file", bots.ai_agents_file, robots.load_ai_agents)):
+        if path is None:
+            continue
+        try:
+            load(path)
+        except ConfigError as e:
+            for p in e.problems:
+                s.problem(key, str(p))
+    return bots
 
 
 def _read_counting(s: _Section) -> CountingConfig:
@@ -460,12 +504,15 @@ def _read_counting(s: _Section) -> CountingConfig:
 
 def _read_metadata(s: _Section) -> MetadataConfig:
     m = MetadataConfig(
-        provider=s.get("provider", _choice(("none", "oai-pmh", "solr")), "none"),
+        provider=s.get("provider", _choice(("none", "oai-pmh", "solr", "dspace-rest")), "none"),
         url=s.get("url", _http_url, None),
         metadata_prefix=s.get("metadata_prefix", _string, "oai_dc"),
         id_field=s.get("id_field", _string, "id"),
         scoped_entities=s.get("scoped_entities", _boolean, False),
         timeout_s=s.get("timeout_s", _number(0.1), 20.0),
+        workers=s.get("workers", _integer(1, 64), 4),
+        failure_threshold=s.get("failure_threshold", _integer(1), 3),
+        probe_interval_s=s.get("probe_interval_s", _number(1), 60.0),
     )
     if m.provider != "none" and not m.url:
         s.problem("url", f"is required when provider is {m.provider}")
@@ -652,7 +699,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     redis_cfg = _read_redis(top.section("redis"), base)
     repository = _read_repository(top.section("repository"), base)
     log = _read_log(top.section("log"))
-    bots = _read_bots(top.section("bots"))
+    bots = _read_bots(top.section("bots"), base)
     counting = _read_counting(top.section("counting"))
     metadata = _read_metadata(top.section("metadata"))
     gatherers_s = top.section("gatherers")

@@ -16,9 +16,10 @@ import redis
 
 from pirus_bridge import keys
 from pirus_bridge.chain import Stages
+from pirus_bridge.classify import Category
 from pirus_bridge.counter import DAY, chain_field, utc_day
 from pirus_bridge.events import UsageEvent
-from pirus_bridge.logparse import LogRecord
+from pirus_bridge.logparse import SKIPPED
 from pirus_bridge.store import text
 
 
@@ -48,18 +49,19 @@ def explain_line(stages: Stages, r: redis.Redis, line: str,
     chain = stages.chain
     line = line.rstrip("\r\n")
     rec = chain.parser.parse(line)
+    if rec is SKIPPED:
+        return Explanation(line, "other", "a blank or comment line: not a log line, not counted")
     if rec is None:
         return Explanation(line, "unparsed", _unparsed_reason(stages, line))
-    robot = chain.classifier.robots.why(rec.user_agent, rec.ip)
-    if robot is not None:
-        return Explanation(line, "bot", f"a robot: {robot}; robots are never counted "
-                                        "(COUNTER R5.1 §7.8)")
-    if rec.status >= 400:
-        return Explanation(line, "notfound", f"status {rec.status}: an error answer is not "
-                                             "usage")
+    why = chain.classifier.explain(rec)
+    if why.category is not Category.USAGE:
+        reason = why.reason
+        if why.category is Category.BOT:
+            reason = f"a robot: {reason}; robots are never counted (COUNTER R5.1 §7.8)"
+        return Explanation(line, why.category.value, reason)
     result = chain.sort([line], utc_day(rec.ts)[:7])
-    if not result.events:
-        return Explanation(line, "other", _other_reason(stages, rec))
+    if not result.events:  # the classifier's step by step agrees with sort: cannot happen
+        return Explanation(line, "other", why.reason)
     event = result.events[0]
     reason = f"{event.metric.value} of item {event.item} (mapping rule '{event.rule}')"
     reason += "; " + _counting_status(stages, r, event, following)
@@ -68,26 +70,11 @@ def explain_line(stages: Stages, r: redis.Redis, line: str,
 
 def _unparsed_reason(stages: Stages, line: str) -> str:
     cfg = stages.cfg.log
-    if not line.strip():
-        return "an empty line"
     if len(line.encode("utf-8", "replace")) > cfg.max_line_bytes:
         return f"longer than log.max_line_bytes ({cfg.max_line_bytes})"
-    return (f"does not match the log format ({cfg.format!r}); check log.format, or run "
-            "`pirus-bridge mapping detect` on a sample")
-
-
-def _other_reason(stages: Stages, rec: LogRecord) -> str:
-    classifier = stages.chain.classifier
-    if rec.method not in classifier.methods:
-        if rec.method == "HEAD":
-            return "a HEAD request: not usage unless counting.count_head is on"
-        return f"method {rec.method or '(none)'}: only GET requests are usage"
-    if rec.status not in classifier.statuses:
-        if rec.status == 206:
-            return "status 206 (partial content): not usage unless counting.count_partial is on"
-        return f"status {rec.status}: only 200 and 304 answers are usage"
-    found = stages.chain.mapping.explain(rec.url, rec.method)
-    return f"not an item page or download: {found.reason}"
+    return (f"does not match the log format ({cfg.format!r}), or its time is impossible or more "
+            "than a day in the future; check log.format, or run `pirus-bridge mapping detect` "
+            "on a sample")
 
 
 def _counting_status(stages: Stages, r: redis.Redis, event: UsageEvent,

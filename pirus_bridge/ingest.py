@@ -43,6 +43,7 @@ from typing import Protocol
 
 import redis
 
+from pirus_bridge import keys
 from pirus_bridge.chain import IngestSummary, Prepared, Recorder, Stages, UnparsedSample, build
 from pirus_bridge.checkpoint import TAIL_LINES, FileCheckpoint
 from pirus_bridge.config import Config
@@ -284,7 +285,8 @@ class _Run:
         counts: dict[str, int] = {}
         for per in months.values():
             for category, k in per.items():
-                counts[category] = counts.get(category, 0) + k
+                if category in keys.CATEGORY_COUNTERS:  # not the robots' bot:<source> split
+                    counts[category] = counts.get(category, 0) + k
         self.writer.submit(_Batch(pipe, prepared, counts))
         if self.on_batch is not None:
             self.on_batch()

@@ -14,6 +14,9 @@ Items and metadata
     ``md:{item}``                   hash: ``oai_identifier``, ``title``, ``doi``, ``mime``,
                                     ``status`` (``ok`` | ``failed`` | ``none``), ``fetched_at``,
                                     ``json`` (the whole metadata record when ``ok``)
+    ``rs:<kind>:{id}``              string: a resolution (JSON) of a DSpace UUID, an item or a
+                                    file by the metadata provider, negative ones too; expires
+                                    (``pirus_bridge.metadata.fetcher``)
 
 Entities (seed post 1: type prefix + md5 of the text, optionally scoped by record id)
     ``<p>:<md5>``                   string: the entity's text (reverse mapping), e.g. ``n:092f…``
@@ -59,7 +62,7 @@ Processing
                                     they were on (``i:<user>``, tab-separated); expires with
                                     the day's dedupe state
     ``acct:<YYYY-MM>``              hash: the month's line accounting of the lines that are not
-                                    usage, by the lines' own timestamps: ``unparsed``, ``bot``,
+                                    usage, by the lines' own timestamps: ``unparsed``,
                                     ``bot:<source>``, ``notfound``, ``other`` (usage lines are
                                     in ``c:{item}``: actions and ``DC``)
     ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset
@@ -131,6 +134,10 @@ def tag(item: str) -> str:
 
 def metadata(item: str) -> str:
     return f"md:{tag(item)}"
+
+
+def resolution(kind: str, key: str) -> str:
+    return f"rs:{kind}:{tag(key)}"
 
 
 def item_entities(item: str) -> str:

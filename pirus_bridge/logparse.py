@@ -18,6 +18,7 @@ holding one is treated as corrupt and rejected.
 from __future__ import annotations
 
 import calendar
+import ipaddress
 import re
 import time
 from collections.abc import Callable
@@ -381,13 +382,23 @@ def _literal_pattern(literal: str) -> str:
 class LogFormat:
     """A compiled access-log format. Build with :meth:`compile`; call :attr:`parse` per line."""
 
-    __slots__ = ("spec", "max_line_bytes", "parse", "_regex", "_idx", "_time_conv", "_fast")
+    __slots__ = ("spec", "max_line_bytes", "parse", "logs_user_agent", "_regex", "_idx",
+                 "_time_conv", "_fast", "_proxies", "_trust")  # fmt: skip
 
     parse: Callable[[str], LogRecord | None]
 
-    def __init__(self, spec: str, session: str | None, client: str | None, max_len: int) -> None:
+    def __init__(
+        self,
+        spec: str,
+        session: str | None,
+        client: str | None,
+        max_len: int,
+        proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+    ) -> None:
         self.spec = spec
         self.max_line_bytes = max_len
+        self._proxies = proxies
+        self._trust: dict[str, bool] = {}
         tokens = _tokenize(spec)
         parts: list[str] = []
         idx: dict[str, int] = {}
@@ -442,6 +453,9 @@ class LogFormat:
         tail = r"(?:[ \t].*)?" if not parts[-1].endswith("?)") else ""
         self._regex = re.compile("".join(parts) + tail + r"\Z", re.DOTALL)
         self._idx = idx
+        #: False for formats without a User-Agent field (``common``): the agent is unknown, not
+        #: empty, and must not make every line a robot's.
+        self.logs_user_agent = "user_agent" in idx
         self._fast = 0
         norm = spec.replace('\\"', '"')
         for kind, name in enumerate(("combined", "common", "vhost_combined"), 1):
@@ -462,14 +476,20 @@ class LogFormat:
         session: str | None = None,
         client: str | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE,
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
     ) -> LogFormat:
         """Compile ``spec``: a name in :data:`NAMED_FORMATS` or an Apache ``LogFormat`` string.
 
         ``session`` names the directive that carries a session id, written as in the format
         (``"%{JSESSIONID}C"``, ``"%{UNIQUE_ID}e"``, ``"%{X-Session}i"``); its value becomes
-        ``LogRecord.session`` (``None`` for ``-``). ``client`` names a directive that holds the
-        client address instead of ``%a``/``%h``, e.g. ``"%{X-Forwarded-For}i"`` behind a proxy
-        (the first address of a list is taken). Lines longer than ``max_line_bytes`` characters
+        ``LogRecord.session`` (``None`` for ``-``). ``client`` names a logged forwarding header,
+        e.g. ``"%{X-Forwarded-For}i"`` behind a reverse proxy: the client is found by walking
+        the chain ``header entries…, peer (%a/%h)`` from the right, skipping only addresses in
+        ``trusted_proxies`` (SPEC §4); the first address that is not a trusted proxy is the
+        client, so entries a client wrote itself on the left are never believed. A peer that
+        is not a trusted proxy is the client, whatever the header says. With no
+        ``trusted_proxies`` only the peer itself is trusted (the header's rightmost entry is
+        the client). Lines longer than ``max_line_bytes`` characters
         (bytes for ASCII) are rejected unparsed. Raises ``ValueError`` naming an unknown
         directive, a ``session``/``client`` directive missing from the format, or a missing
         essential field (client address, time, request, status).
@@ -484,7 +504,9 @@ class LogFormat:
                 raise ValueError(f"{directive!r} is not a single log format directive")
             return _canonical(toks[0][2], toks[0][1])
 
-        return cls(spec, key(session), key(client), max_line_bytes)
+        if trusted_proxies and client is None:
+            raise ValueError("trusted proxies need a forwarding header directive (client=)")
+        return cls(spec, key(session), key(client), max_line_bytes, tuple(trusted_proxies))
 
     def __repr__(self) -> str:
         return f"LogFormat({self.spec!r})"
@@ -512,10 +534,9 @@ class LogFormat:
         ts = self._time_conv(g[idx["time"]])
         if ts is None:
             return None
-        if "client" in idx:
-            ip = _unescape(g[idx["client"]]).split(",")[0].strip()
-        else:
-            ip = g[idx["addr"] if "addr" in idx else idx["host"]]
+        peer = g[idx["addr"] if "addr" in idx else idx["host"]] if (
+            "addr" in idx or "host" in idx) else None  # fmt: skip
+        ip = self._client(peer, g[idx["client"]]) if "client" in idx else peer
         if not ip or ip == "-":
             return None
         if "request" in idx:
@@ -538,3 +559,47 @@ class LogFormat:
             None if vhost in ("", "-") else vhost, None if session in ("", "-") else session,
             protocol,
         )  # fmt: skip
+
+    def _trusted(self, address: str) -> bool:
+        hit = self._trust.get(address)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(address)
+                hit = any(addr in net for net in self._proxies)
+            except ValueError:
+                hit = False
+            if len(self._trust) >= _TIME_CACHE_MAX:
+                self._trust.clear()
+            self._trust[address] = hit
+        return hit
+
+    def _client(self, peer: str | None, header: str) -> str | None:
+        """The client address from the peer and a forwarding header (see :meth:`compile`)."""
+        if peer is not None and self._proxies and not self._trusted(peer):
+            return peer
+        header = _unescape(header)
+        last = peer
+        if header in ("", "-"):
+            return last
+        for hop in reversed(header.split(",")):
+            address = forwarded_address(hop)
+            if address is None:  # "unknown", an obfuscated name: nothing left of it is known
+                break
+            if not self._proxies or not self._trusted(address):
+                return address
+            last = address
+        return last
+
+
+def forwarded_address(hop: str) -> str | None:
+    """The IP address of one ``X-Forwarded-For`` entry (``1.2.3.4``, ``1.2.3.4:5678``,
+    ``[2001:db8::1]:443``, ``2001:db8::1``), normalised; ``None`` if it holds none."""
+    text = hop.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

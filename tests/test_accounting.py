@@ -103,7 +103,9 @@ def test_explain_says_why_a_line_is_not_usage(redis_url: str, r: redis.Redis) ->
     cases = {
         "not a log line": ("unparsed", "does not match the log format"),
         clf(at("10:00:00"), PDF, ua=ROBOT): ("bot", "COUNTER robots list"),
-        clf(at("10:00:00"), PDF, ua="-"): ("bot", "an empty User-Agent"),
+        clf(at("10:00:00"), PDF, ua="-"): ("bot", "'(empty)' matches COUNTER robots list"),
+        clf(at("10:00:00"), PDF, ua="Mozilla/5.0 (compatible; GPTBot/1.2)"):
+            ("bot", "AI crawler and agent list"),
         clf(at("10:00:00"), PDF, ip="198.51.100.7"): ("bot", "198.51.100.0/24"),
         clf(at("10:00:00"), PDF, ua="Mozilla/5.0 mytool/2"): ("bot", "bots.user_agents"),
         clf(at("10:00:00"), PDF, status=404): ("notfound", "status 404"),
@@ -159,3 +161,21 @@ def test_explain_cli_file_and_line(tmp_path: Path, redis_url: str, r: redis.Redi
                                   "--line", "99999"])
     assert "has no line 99999" in str(missing.exception)
     assert runner.invoke(cli, ["--config", str(config), "explain"]).exit_code == 2
+
+
+def test_accounting_counts_each_robot_source_apart(tmp_path: Path, redis_url: str,
+                                                   r: redis.Redis) -> None:
+    lines = [
+        clf(at("10:00:00"), PDF, ua=ROBOT),  # Googlebot: the COUNTER list
+        clf(at("10:00:01"), PDF, ua="Mozilla/5.0 (compatible; GPTBot/1.2)"),  # an AI crawler
+        clf(at("10:00:02"), PDF, ua="Mozilla/5.0 (compatible; ClaudeBot/1.0)"),
+        clf(at("10:00:03"), PDF, ip="198.51.100.7"),  # bots.ips
+        clf(at("10:00:04"), PDF, ua="Mozilla/5.0 MyTool/2"),  # bots.user_agents
+        clf(at("10:00:05"), PDF),  # a person
+    ]
+    cfg = make_config(redis_url, bots={"ips": ["198.51.100.0/24"], "user_agents": ["mytool"]})
+    s = Ingester(cfg, r).ingest(str(write_log(tmp_path / "bots.log", lines)))
+    a = month_accounting(r, "2026-10")
+    assert a["robots_by_source"] == {"counter_list": 1, "ai_agents": 2, "ip_ranges": 1,
+                                     "patterns": 1, "volume": 0}
+    assert a["robots"] == s.bots == 5 and a["requests"] == 1 and a["lines"] == 6

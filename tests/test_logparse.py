@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import random
 from pathlib import Path
 
@@ -226,11 +227,60 @@ def test_compile_session_directive(
     assert LogFormat.compile(spec, session=session).parse(COMBINED + extra) == rec(session=expected)
 
 
-def test_compile_client_from_forwarded_header() -> None:
-    spec = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{X-Forwarded-For}i"'
-    fmt = LogFormat.compile(spec, client="%{x-forwarded-for}i")
-    parsed = fmt.parse(COMBINED.replace("192.0.2.1", "10.0.0.1") + ' "198.51.100.7, 10.0.0.1"')
+XFF_SPEC = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{X-Forwarded-For}i"'
+PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ffff::/48"))
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "client"),
+    [
+        # one trusted proxy in front: the entry it appended is the client
+        ("10.0.0.1", "198.51.100.7", "198.51.100.7"),
+        # two trusted proxies: walk past both
+        ("10.0.0.2", "198.51.100.7, 10.0.0.1", "198.51.100.7"),
+        # spoofed: the client sent "X-Forwarded-For: 203.0.113.66" itself; the proxy appended
+        # the real address on the right, which is where the walk stops
+        ("10.0.0.1", "203.0.113.66, 198.51.100.7", "198.51.100.7"),
+        ("10.0.0.1", "1.1.1.1, 203.0.113.66, 198.51.100.7, 10.0.0.9", "198.51.100.7"),
+        # a direct client (not a trusted proxy) cannot choose its address with the header
+        ("198.51.100.9", "203.0.113.66", "198.51.100.9"),
+        # no header, or "-": the proxy itself made the request
+        ("10.0.0.1", "-", "10.0.0.1"),
+        # ports and IPv6 forms
+        ("10.0.0.1", "198.51.100.7:51234", "198.51.100.7"),
+        ("10.0.0.1", "[2001:db8::7]:443", "2001:db8::7"),
+        ("2001:db8:ffff::1", "2001:db8::7", "2001:db8::7"),
+        # "unknown" hides everything to its left: the last trusted hop is all that is known
+        ("10.0.0.1", "198.51.100.7, unknown, 10.0.0.5", "10.0.0.5"),
+        # every hop trusted: the leftmost is the client
+        ("10.0.0.1", "10.1.1.1, 10.0.0.5", "10.1.1.1"),
+    ],
+)
+def test_compile_client_walks_forwarded_for_from_the_right(
+    peer: str, header: str, client: str
+) -> None:
+    fmt = LogFormat.compile(XFF_SPEC, client="%{X-Forwarded-For}i", trusted_proxies=PROXIES)
+    parsed = fmt.parse(COMBINED.replace("192.0.2.1", peer) + f' "{header}"')
+    assert parsed == rec(ip=client)
+
+
+def test_compile_client_without_trusted_proxies_trusts_only_the_peer() -> None:
+    fmt = LogFormat.compile(XFF_SPEC, client="%{x-forwarded-for}i")
+    parsed = fmt.parse(COMBINED.replace("192.0.2.1", "10.0.0.1") + ' "203.0.113.66, 198.51.100.7"')
     assert parsed == rec(ip="198.51.100.7")
+
+
+def test_compile_trusted_proxies_need_the_header_in_the_format() -> None:
+    with pytest.raises(ValueError, match="does not appear"):
+        LogFormat.compile("combined", client="%{X-Forwarded-For}i", trusted_proxies=PROXIES)
+    with pytest.raises(ValueError, match="forwarding header"):
+        LogFormat.compile(XFF_SPEC, trusted_proxies=PROXIES)
+
+
+@pytest.mark.parametrize(("spec", "logged"), [("combined", True), ("common", False),
+                                               ("vhost_combined", True), (XFF_SPEC, True)])
+def test_compile_says_whether_the_user_agent_is_logged(spec: str, logged: bool) -> None:
+    assert LogFormat.compile(spec).logs_user_agent is logged
 
 
 @pytest.mark.parametrize(
