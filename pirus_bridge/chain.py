@@ -152,7 +152,7 @@ class Chain:
             events += [
                 UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
                            rec.user_agent, rec.referer, rec.status, rec.session, m.rule,
-                           line_id(rec))
+                           line_id(rec), m.resolve.value if m.resolve is not None else "")
                 for rec, m in result.usage
             ]  # fmt: skip
         return Lines(counts, months, unparsed_at, events)
@@ -214,12 +214,14 @@ class Recorder:
     """The counting writes of a run of usage events: counts, outbox messages, metadata."""
 
     def __init__(self, store: UsageStore, hasher: Hasher, gatherers: Sequence[GathererConfig],
-                 metadata: Any = None) -> None:
+                 metadata: Any = None, enricher: Any = None) -> None:
         self.store = store
         self.hasher = hasher
         self.gatherers = list(gatherers)
-        self.metadata = metadata
+        self.metadata = metadata  # metadata.MetadataCache, or None
+        self.enricher = enricher  # metadata.fetcher.Fetcher: fetches metadata in the background
         self._known_items: set[str] = set()
+        self._waiting: set[str] = set()  # items whose metadata has not been fetched yet
         self._oai_from_metadata: dict[str, str] = {}
 
     def prepare(self, pipe: redis.client.Pipeline, events: Sequence[UsageEvent],
@@ -234,6 +236,8 @@ class Recorder:
         with_metadata = self._with_metadata
         known = self._known_items
         new_oai: list[tuple[str, str]] = []
+        if self.metadata is not None:
+            self._look_up({e.item for e in events if e.item not in known} | self._waiting)
         for event in events:
             if event.item not in known or not event.oai_identifier:
                 event = with_metadata(event, new_oai)
@@ -280,15 +284,30 @@ class Recorder:
                 if n:
                     enqueued_by[name] = enqueued_by.get(name, 0) + n
 
+    def _look_up(self, items: set[str]) -> None:
+        """What the metadata cache knows of ``items`` (one round trip), without waiting for the
+        endpoint: the others are fetched in the background, for their entities and for later
+        batches (SPEC §5: a slow or dead endpoint never stalls counting)."""
+        if not items:
+            return
+        found = self.metadata.known(items)
+        for item, oai in found.items():
+            if oai:
+                self._oai_from_metadata[item] = oai
+        missing = [item for item in items if item not in found]
+        self._waiting = set(missing)
+        if missing and self.enricher is not None:
+            from pirus_bridge.metadata.fetcher import ENRICH
+
+            if ENRICH in self.enricher.lookups:
+                self.enricher.resolve_many(ENRICH, missing)
+
     def _with_metadata(self, event: UsageEvent, new_oai: list[tuple[str, str]]) -> UsageEvent:
         """Fill the OAI identifier from metadata when the mapping cannot give it; the first time
         an item is seen, add its identifier to ``new_oai`` to be remembered."""
         item = event.item
         if item not in self._known_items:
             self._known_items.add(item)
-            md = self.metadata.get(item, event.oai_identifier) if self.metadata else None
-            if md is not None and md.oai_identifier and not event.oai_identifier:
-                self._oai_from_metadata[item] = md.oai_identifier
             oai = event.oai_identifier or self._oai_from_metadata.get(item)
             if oai:
                 new_oai.append((item, oai))
@@ -299,11 +318,47 @@ class Recorder:
 
 @dataclass
 class Stages:
-    """Everything one config's counting needs: the pure chain and the counting writes."""
+    """Everything one config's counting needs: the pure chain, the counting writes, and the
+    metadata provider's answers for events that wait for them (:mod:`pirus_bridge.parking`)."""
 
     cfg: Config
     chain: Chain
     recorder: Recorder
+    resolver: Any = None  # parking.Resolver when a provider answers resolve: rules
+
+    def settle(self, pipe: redis.client.Pipeline, events: list[UsageEvent],
+               counts: dict[str, dict[str, int]], taken: Any = None,
+               wait_s: float = 0.0) -> list[UsageEvent]:
+        """The events to count now: those that need no answer, those whose answer is known,
+        and parked ones whose answer has arrived (and ``taken``, parked ones the caller took;
+        with ``wait_s`` the lookups under way are waited for first, at the end of a run).
+        The others are parked (on ``pipe``), or dropped when they are not usage; in ``counts``
+        (lines per month and category, for :meth:`add_accounting`) they move from *usage* to
+        *other*, and parked ones counted now back."""
+        if self.resolver is None:
+            return events
+        outcome = self.resolver.sort(events)
+        if wait_s and outcome.park:
+            self.resolver.fetcher.wait(wait_s)
+            again = self.resolver.sort([e for _, _, e in outcome.park])
+            outcome.count += again.count
+            outcome.dropped += again.dropped
+            outcome.park = again.park
+        ready = self.resolver.take_ready()
+        if taken is not None:
+            ready.events += taken.events
+            ready.lists += taken.lists
+        taken = ready
+        again = self.resolver.sort(taken.events)
+        self.resolver.park(pipe, outcome.park + again.park)
+        self.resolver.forget(pipe, taken)
+        shifts = [(e, 1) for _, _, e in outcome.park] + [(e, 1) for e in outcome.dropped]
+        shifts += [(e, -1) for e in again.count]  # parked as other before, usage now
+        for e, n in shifts:
+            per = counts.setdefault(utc_month(e.ts), {})
+            per["other"] = per.get("other", 0) + n
+            per["usage"] = per.get("usage", 0) - n
+        return outcome.count + again.count
 
     @property
     def gatherers(self) -> list[GathererConfig]:
@@ -313,10 +368,10 @@ class Stages:
     def store(self) -> UsageStore:
         return self.recorder.store
 
-    def add_accounting(self, pipe: redis.client.Pipeline,
-                       months: dict[str, dict[str, int]]) -> None:
-        """Queue the month's accounting of non-usage lines (``acct:<YYYY-MM>``) and the seed's
-        ``u:<category>`` counters."""
+    def add_accounting(self, pipe: redis.client.Pipeline, months: dict[str, dict[str, int]],
+                       *, seed_counters: bool = True) -> None:
+        """Queue the month's accounting of non-usage lines (``acct:<YYYY-MM>``) and, with
+        ``seed_counters``, the seed's ``u:<category>`` counters."""
         totals: dict[str, int] = {}
         for month, counts in months.items():
             for c, n in counts.items():
@@ -325,7 +380,8 @@ class Stages:
                 # usage lines are in c:{item}; robots only by source
                 if n and c not in ("usage", "bot"):
                     pipe.hincrby(keys.accounting(month), c, n)
-        self.store.add_category_counts(pipe, totals)
+        if seed_counters:
+            self.store.add_category_counts(pipe, totals)
 
 
 def build(cfg: Config, r: redis.Redis, *, send: bool = True,
@@ -344,8 +400,19 @@ def build(cfg: Config, r: redis.Redis, *, send: bool = True,
                             user_agent_logged=parser.logs_user_agent)
     hasher = Hasher(ensure_salt(r, cfg.counting.salt))
     gatherers = [g for g in cfg.gatherers.values() if g.enabled] if send else []
-    recorder = Recorder(store, hasher, gatherers, metadata_cache(cfg, r))
-    return Stages(cfg, Chain(parser, classifier, hasher), recorder)
+    metadata = metadata_cache(cfg, r)
+    fetcher = None
+    if cfg.metadata.provider != "none":
+        from pirus_bridge.metadata.fetcher import build_fetcher
+
+        fetcher = build_fetcher(cfg, r, metadata)
+    recorder = Recorder(store, hasher, gatherers, metadata, fetcher)
+    resolver = None
+    if fetcher is not None and any(rule.resolve is not None for rule in mapping.rules):
+        from pirus_bridge.parking import Resolver  # resolve: rules need the provider's answers
+
+        resolver = Resolver(r, fetcher, keep_s=cfg.counting.day_close_grace_h * 3600 + 86400)
+    return Stages(cfg, Chain(parser, classifier, hasher), recorder, resolver)
 
 
 def metadata_cache(cfg: Config, r: redis.Redis) -> Any:
@@ -359,7 +426,8 @@ def metadata_cache(cfg: Config, r: redis.Redis) -> Any:
     assert m.url is not None  # the config requires it with a provider
     timeout = (min(5.0, m.timeout_s), m.timeout_s)
     if m.provider == "oai-pmh":
-        provider = OaiPmhProvider(m.url, metadata_prefix=m.metadata_prefix, timeout=timeout)
+        provider = OaiPmhProvider(m.url, metadata_prefix=m.metadata_prefix, timeout=timeout,
+                                  identifier_template=f"oai:{cfg.repository.host}:{{item}}")
     else:
         provider = SolrProvider(m.url, id_field=m.id_field, timeout=timeout)
     return MetadataCache(r, provider, scoped_entities=m.scoped_entities)

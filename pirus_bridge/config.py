@@ -100,6 +100,7 @@ class MetadataConfig:
     scoped_entities: bool = False
     timeout_s: float = 20.0
     workers: int = 4  # background fetch threads (pirus_bridge.metadata.fetcher)
+    wait_s: float = 10.0  # at the end of a bulk run, how long to wait for lookups under way
     failure_threshold: int = 3  # consecutive failures that open the endpoint's circuit
     probe_interval_s: float = 60.0  # then one probe this often
 
@@ -511,6 +512,7 @@ def _read_metadata(s: _Section) -> MetadataConfig:
         scoped_entities=s.get("scoped_entities", _boolean, False),
         timeout_s=s.get("timeout_s", _number(0.1), 20.0),
         workers=s.get("workers", _integer(1, 64), 4),
+        wait_s=s.get("wait_s", _number(0), 10.0),
         failure_threshold=s.get("failure_threshold", _integer(1), 3),
         probe_interval_s=s.get("probe_interval_s", _number(1), 60.0),
     )

@@ -307,6 +307,7 @@ def event_to_json(e: UsageEvent) -> dict[str, object]:
         "session": e.session,
         "rule": e.rule,
         "line": e.line,
+        "resolve": e.resolve,
     }
 
 
@@ -320,7 +321,8 @@ def event_json(e: UsageEvent) -> str:
         f'"metric":{_json_str(e.metric.value)},"url":{_json_str(e.url)},'
         f'"ip":{_json_str(e.ip)},"ua":{_json_str(e.user_agent)},"ref":{_json_str(e.referer)},'
         f'"status":{int(e.status)},"session":{"null" if session is None else _json_str(session)},'
-        f'"rule":{_json_str(e.rule)},"line":{_json_str(e.line)}}}'
+        f'"rule":{_json_str(e.rule)},"line":{_json_str(e.line)},'
+        f'"resolve":{_json_str(e.resolve)}}}'
     )
 
 
@@ -338,4 +340,5 @@ def event_from_json(d: dict[str, object]) -> UsageEvent:
         session=None if d.get("session") is None else str(d["session"]),
         rule=str(d.get("rule") or ""),
         line=str(d.get("line") or ""),
+        resolve=str(d.get("resolve") or ""),
     )

@@ -33,6 +33,9 @@ class UsageEvent:
     ``ts`` is the event time in epoch seconds (UTC). ``url`` is the absolute URL that goes into
     ``svc_dat``: the item page for an Investigation, the file for a Request. ``line`` is the
     log line's identity (``counter.Hasher.line_id``): a line read twice is counted once.
+    ``resolve`` names what the metadata provider must settle before the event is counted (a
+    DSpace bitstream's item, whether a file is its document's main file …; ``pirus_bridge.
+    parking``).
     """
 
     ts: int
@@ -47,3 +50,4 @@ class UsageEvent:
     session: str | None = None
     rule: str = ""
     line: str = ""
+    resolve: str = ""  # what the metadata provider must decide first (mapping.Resolve), or ""

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -130,6 +130,7 @@ class Ingester:
         self.r = r
         self.stages = stages or build(cfg, r, send=send, mapping=mapping)
         self.gatherers = self.stages.gatherers
+        self._resolver_notes: list[str] = []
 
     def ingest(
         self, path: str, summary: IngestSummary | None = None, progress: Progress | None = None
@@ -168,8 +169,43 @@ class Ingester:
                 checkpoint.release(self.r)
                 checkpoint.prune(self.r)
             src.close()
+        enricher = self.stages.recorder.enricher
+        if enricher is not None:  # the run is done: give the lookups under way their time
+            enricher.wait(self.cfg.metadata.wait_s)
         s.seconds += time.perf_counter() - started
+        resolver = self.stages.resolver
+        if resolver is not None:  # the latest word on the provider replaces the one before
+            s.notes = [n for n in s.notes if n not in self._resolver_notes]
+            self._resolver_notes = list(resolver.fetcher.summary())
+            waiting = resolver.waiting()
+            if waiting:
+                self._resolver_notes.append(
+                    f"usage lines of {waiting:,} URL(s) wait for the "
+                    f"{self.cfg.metadata.provider} metadata provider's answer; they are counted "
+                    "when it answers (serve asks again)")
+            s.notes += self._resolver_notes
         return s
+
+    def settle_parked(self) -> IngestSummary:
+        """Count the parked events whose answers the provider now gives (``serve`` runs this in
+        its maintenance): ask again for every parked id, wait up to ``metadata.wait_s``, count
+        what was answered."""
+        s = IngestSummary()
+        resolver = self.stages.resolver
+        if resolver is None or not resolver.waiting():
+            return s
+        taken = resolver.take_answered()
+        resolver.fetcher.wait(self.cfg.metadata.wait_s)
+        with _tuned_interpreter():
+            run = _Run(self, None, s, "parked", None, False, "parked")
+            run.taken = taken
+            run.loop([])
+        return s
+
+    def close(self) -> None:
+        """Stop the background lookups (those not started are asked again next time)."""
+        if self.stages.recorder.enricher is not None:
+            self.stages.recorder.enricher.close()
 
     def run(
         self,
@@ -214,6 +250,7 @@ class _Run:
         self.n = 0  # lines since the last commit
         self.offset = self.lineno = 0
         self.writer = _Writer(s)
+        self.taken: Any = None  # parked events taken by the caller, for the first commit
 
     def loop(self, blocks: Blocks) -> None:
         for g in self.stages.gatherers:
@@ -266,6 +303,9 @@ class _Run:
             return
         pipe = self.r.pipeline(transaction=True)
         recorder: Recorder = self.stages.recorder
+        wait_s = self.ingester.cfg.metadata.wait_s if final else 0.0
+        events = self.stages.settle(pipe, events, months, self.taken, wait_s)
+        self.taken = None
         prepared = recorder.prepare(pipe, events, hold=self.run_id)
         self.closer.note(prepared.hashes)
         self.stages.add_accounting(pipe, months)

@@ -61,6 +61,11 @@ Processing
                                     day (field ``<user>``, ``x`` once excluded) and the items
                                     they were on (``i:<user>``, tab-separated); expires with
                                     the day's dedupe state
+    ``park:<kind>:{<id>}``          list: usage events (JSON, raw address and agent included)
+                                    waiting for the metadata provider to answer ``<kind>``
+                                    about ``<id>`` (``pirus_bridge.parking``); expires once
+                                    their day has closed
+    ``parked``                      set of ``<kind>|<id>`` with parked events
     ``acct:<YYYY-MM>``              hash: the month's line accounting of the lines that are not
                                     usage, by the lines' own timestamps: ``unparsed``,
                                     ``bot:<source>``, ``notfound``, ``other`` (usage lines are
@@ -198,6 +203,14 @@ def tail_position(path: str) -> str:
 
 def ingest_lock(identity: str) -> str:
     return f"ingest:{identity}:lock"
+
+
+PARKED = "parked"
+
+
+def parked(kind: str, key: str) -> str:
+    """``park:<kind>:{<id>}``: usage events waiting for the metadata provider's answer."""
+    return f"park:{kind}:{tag(key)}"
 
 
 def volume(day: str) -> str:

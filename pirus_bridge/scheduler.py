@@ -67,6 +67,7 @@ class Service:
             self.workers = [make_worker(role, cfg, r)
                             for role in ("classifier", "counter", "logger")]
         self.http: Any = None
+        self.parked: Any = None  # the Ingester that counts parked events (maintenance)
         if cfg.http.listen:
             from pirus_bridge.web import WebContext, create_app
             from pirus_bridge.web.server import HttpServer
@@ -124,10 +125,25 @@ class Service:
                              "address and User-Agent", name, forgotten,
                              self.cfg.retention.failed_personal_days)
             self.aof.maybe_rewrite(self.r, delivered_total(self.r, self.cfg.gatherers))
+            self.settle_parked()
         except REDIS_ERRORS as e:
             AVAILABILITY.lost(e)
         except redis.RedisError as e:
             log.error("maintenance failed: %s", scrub(str(e)))
+
+    def settle_parked(self) -> None:
+        """Count the usage lines that waited for the metadata provider and have an answer now
+        (:mod:`pirus_bridge.parking`); a no-op without ``resolve:`` rules and a provider."""
+        if self.parked is None:
+            from pirus_bridge.ingest import Ingester
+
+            self.parked = Ingester(self.cfg, self.r)
+        if self.parked.stages.resolver is None:
+            return
+        s = self.parked.settle_parked()
+        if s.investigations or s.requests or s.double_clicks or s.other:
+            log.info("counted %d investigation(s) and %d request(s) that waited for metadata",
+                     s.investigations, s.requests)
 
     def start(self) -> None:
         for p in self.pushers:
@@ -166,6 +182,8 @@ class Service:
             thread.join()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.parked is not None:
+            self.parked.close()
         for p in self.pushers:
             p.close()
 

@@ -26,7 +26,7 @@ import redis
 from pirus_bridge import keys
 from pirus_bridge.chain import IngestSummary, Stages, build
 from pirus_bridge.config import Config
-from pirus_bridge.counter import event_from_json, event_json
+from pirus_bridge.counter import event_from_json, event_json, utc_month
 from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, HEARTBEAT_S, LOGLINES, ReliableQueue
 from pirus_bridge.redisconn import AVAILABILITY
 
@@ -118,6 +118,7 @@ class ClassifierWorker(Worker):
         super().__init__(cfg, r)
         self.stages = stages or build(cfg, r)
         self.queue = ReliableQueue(r, LOGLINES)
+        self.month = utc_month(int(time.time()))  # for lines without a time of their own
         self.queues = [self.queue]
 
     def step(self) -> None:
@@ -126,15 +127,22 @@ class ClassifierWorker(Worker):
             return
         routed: dict[str, list[bytes]] = {}
         events: list[str] = []
+        months: dict[str, dict[str, int]] = {}
+        sort = self.stages.chain.sort
         for raw in items:
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
-            category, event = self.stages.chain.line(text)
+            result = sort((raw.decode("utf-8", "replace").rstrip("\r\n"),), self.month)
+            category = next((c for c, n in result.counts.items() if n), None)
             if category is None:  # a blank or comment line: dropped
                 continue
-            routed.setdefault(CATEGORY_QUEUES[category.value], []).append(raw)
-            if event is not None:
-                events.append(event_json(event))
+            for month, counts in result.months.items():
+                into = months.setdefault(month, {})
+                for key, n in counts.items():
+                    into[key] = into.get(key, 0) + n
+                self.month = month
+            routed.setdefault(CATEGORY_QUEUES[category], []).append(raw)
+            events += [event_json(e) for e in result.events]
         pipe = self.r.pipeline(transaction=True)
+        self.stages.add_accounting(pipe, months, seed_counters=False)  # the logger's job
         for name, lines in routed.items():
             pipe.lpush(name, *lines)
         if events:
@@ -166,6 +174,9 @@ class CounterWorker(Worker):
             return
         events = [event_from_json(json.loads(raw)) for raw in items]
         pipe = self.r.pipeline(transaction=True)
+        shifted: dict[str, dict[str, int]] = {}
+        events = self.stages.settle(pipe, events, shifted)
+        self.stages.add_accounting(pipe, shifted, seed_counters=False)  # the logger's job
         prepared = self.stages.recorder.prepare(pipe, events)
         self.queue.ack(pipe)
         replies = pipe.execute()

@@ -23,7 +23,7 @@ from tests.helpers import ROOT
 
 IRUS = {"irus": {"url": "http://127.0.0.1:9/counter/", "metrics": ["request", "investigation"]}}
 MONTH = "2024-03"  # bench.loggen's default start is 2024-03-04
-COUNTING = ("c:*", "dly:*", "u:*", "t:*", "d[vd]:*", "objectitems", "ob:*")
+COUNTING = ("c:*", "dly:*", "u:*", "t:*", "d[vd]:*", "objectitems", "ob:*", "acct:*")
 CATEGORY_KEYS = ("u:bothits", "u:objectviews", "u:fof", "u:other", "u:unparsed")
 QUEUES = ("q:loglines", "q:count", "q:bothits", "q:objectviews", "q:fof", "q:other",
           "q:unparsed")

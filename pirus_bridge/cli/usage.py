@@ -62,9 +62,12 @@ def ingest(app: App, files: tuple[str, ...], no_send: bool, as_json: bool) -> No
 
     ingester = Ingester(app.config, app.redis, send=not no_send, mapping=app.mapping)
     summary = IngestSummary()
-    with _progress(is_terminal() and not as_json) as progress:
-        for path in files:
-            ingester.ingest(path, summary, progress)
+    try:
+        with _progress(is_terminal() and not as_json) as progress:
+            for path in files:
+                ingester.ingest(path, summary, progress)
+    finally:
+        ingester.close()
     if as_json:
         emit_json(summary.to_json())
         return

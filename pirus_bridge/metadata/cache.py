@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -43,21 +44,58 @@ class MetadataCache:
         self.clock = clock
         # item → (metadata or None, time after which to look again; inf for ok)
         self._local: OrderedDict[str, tuple[ItemMetadata | None, float]] = OrderedDict()
+        # background lookups share the cache: one fetch of an item at a time
+        self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
 
     def _remember(self, item: str, md: ItemMetadata | None, until: float) -> ItemMetadata | None:
-        self._local[item] = (md, until)
-        self._local.move_to_end(item)
-        while len(self._local) > self.local_size:
-            self._local.popitem(last=False)
+        with self._lock:
+            self._local[item] = (md, until)
+            self._local.move_to_end(item)
+            while len(self._local) > self.local_size:
+                gone, _ = self._local.popitem(last=False)
+                self._fetching.pop(gone, None)
         return md
 
+    def known(self, items: Iterable[str]) -> dict[str, str | None]:
+        """The OAI identifier stored for each item that has metadata (``None`` for an item whose
+        metadata was looked for and not found), without fetching: one round trip for all.
+        Items never looked up are not in the answer."""
+        names = list(dict.fromkeys(items))
+        pipe = self.r.pipeline(transaction=False)
+        for item in names:
+            pipe.hmget(keys.metadata(item), "status", "oai_identifier")
+        out: dict[str, str | None] = {}
+        for item, (status, oai) in zip(names, pipe.execute(), strict=True):
+            if status is not None:
+                out[item] = _text(oai) if status == b"ok" else None
+        return out
+
     def get(self, item: str, oai_identifier: str | None = None) -> ItemMetadata | None:
-        """The item's metadata, fetching and storing it on first sight; None if unavailable."""
+        """The item's metadata, fetching and storing it on first sight; None if unavailable.
+        Safe from several threads: an item is fetched by one of them, the others wait."""
+        with self._lock:
+            item_lock = self._fetching.setdefault(item, threading.Lock())
+        with item_lock:
+            return self._get(item, oai_identifier)
+
+    def lookup(self, item: str) -> ItemMetadata | None:
+        """Like :meth:`get`, for a background lookup that must tell "no such item" (None) from
+        "the endpoint failed" (raises :class:`MetadataError`; nothing is stored as known)."""
+        md = self.get(item)
+        if md is None and self.r.hget(keys.metadata(item), "status") == b"failed":
+            with self._lock:
+                self._local.pop(item, None)
+            raise MetadataError(f"metadata of {item} could not be fetched")
+        return md
+
+    def _get(self, item: str, oai_identifier: str | None) -> ItemMetadata | None:
         now = self.clock()
-        hit = self._local.get(item)
-        if hit is not None and now < hit[1]:
-            self._local.move_to_end(item)
-            return hit[0]
+        with self._lock:
+            hit = self._local.get(item)
+            if hit is not None and now < hit[1]:
+                self._local.move_to_end(item)
+                return hit[0]
         stored = {
             k.decode() if isinstance(k, bytes) else k: v
             for k, v in self.r.hgetall(keys.metadata(item)).items()
@@ -99,7 +137,8 @@ class MetadataCache:
                 if value:
                     mapping[field] = value
         pipe = self.r.pipeline(transaction=False)
-        pipe.delete(keys.metadata(item))  # no stale title/doi from an earlier answer
+        # no stale title/doi from an earlier answer; the OAI identifier counting found stays
+        pipe.hdel(keys.metadata(item), "json", "title", "doi", "mime")
         pipe.hset(keys.metadata(item), mapping=mapping)
         if md is not None:
             found = entities.extract_entities(md, scoped=self.scoped_entities)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import redis
 import requests
@@ -156,6 +157,8 @@ class Fetcher:
         self.stats = FetcherStats()
         self._local: OrderedDict[tuple[str, str], Resolution] = OrderedDict()
         self._inflight: dict[tuple[str, str], Future[None]] = {}
+        # ids whose fetch failed lately: answered UNAVAILABLE until the endpoint is due a probe
+        self._failed: dict[tuple[str, str], float] = {}
         self._ready: list[tuple[str, str, Resolution]] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve")
@@ -206,6 +209,12 @@ class Fetcher:
         with self._lock:
             if (kind, key) in self._inflight:
                 return PENDING
+            failed_at = self._failed.get((kind, key))
+            if failed_at is not None:
+                if self.breaker.clock() - failed_at < self.breaker.probe_after_s:
+                    self.stats.add(self.stats.unavailable, kind)
+                    return UNAVAILABLE
+                del self._failed[(kind, key)]
             probe = self.breaker.is_open
             if not self.breaker.allow():
                 self.stats.add(self.stats.unavailable, kind)
@@ -230,6 +239,7 @@ class Fetcher:
                 res = self.lookups[kind](key)
             except (MetadataError, requests.RequestException) as e:
                 self.stats.add(self.stats.failed, kind)
+                self._note_failure(kind, key)
                 if self.breaker.failure():
                     self.stats.opened += 1
                     log.warning("%s endpoint is failing (%s): lookups are answered "
@@ -238,6 +248,7 @@ class Fetcher:
                 return
             except Exception:  # a broken lookup must not kill the pool thread
                 self.stats.add(self.stats.failed, kind)
+                self._note_failure(kind, key)
                 self.breaker.failure()
                 log.exception("%s lookup of %s %s failed", self.name, kind, key)
                 return
@@ -251,6 +262,12 @@ class Fetcher:
         finally:
             with self._lock:
                 self._inflight.pop((kind, key), None)
+
+    def _note_failure(self, kind: str, key: str) -> None:
+        with self._lock:
+            if len(self._failed) >= self.local_size:
+                self._failed.clear()
+            self._failed[(kind, key)] = self.breaker.clock()
 
     def _remember(self, kind: str, key: str, res: Resolution) -> None:
         with self._lock:
@@ -293,26 +310,40 @@ class Fetcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def item_lookup(provider: MetadataProvider) -> Lookup:
-    """The ``item`` lookup over an OAI-PMH or Solr provider: absent means "not an item"."""
+Fetch = Callable[[str], "ItemMetadata | None"]  # an item's metadata; None: no such item
 
-    def look(item: str) -> Resolution:
+
+def provider_fetch(provider: MetadataProvider) -> Fetch:
+    """A provider's fetch, absent items as None (an endpoint failure raises)."""
+
+    def fetch(item: str) -> ItemMetadata | None:
         try:
-            md = provider.fetch(item, None)
+            return provider.fetch(item, None)
         except MetadataError as e:
             if not e.absent:
                 raise
-            md = None
-        return judge_item(item, md)
+            return None
+
+    return fetch
+
+
+def item_lookup(source: MetadataProvider | Fetch) -> Lookup:
+    """The ``item`` lookup over an OAI-PMH or Solr provider (or a :class:`MetadataCache`'s
+    ``lookup``): absent means "not an item"."""
+    fetch = provider_fetch(source) if hasattr(source, "fetch") else source
+
+    def look(item: str) -> Resolution:
+        return judge_item(item, fetch(item))
 
     return look
 
 
-def main_file_lookup(provider: MetadataProvider, memo_size: int = 1024) -> Lookup:
+def main_file_lookup(source: MetadataProvider | Fetch, memo_size: int = 1024) -> Lookup:
     """The ``main-file`` lookup; ids are ``<item>|<file URL>`` (see :class:`MatchResolver`).
 
     An item's metadata is fetched once for all its files (a small in-process memo).
     """
+    fetch = provider_fetch(source) if hasattr(source, "fetch") else source
     memo: OrderedDict[str, ItemMetadata | None] = OrderedDict()
     lock = threading.Lock()
     fetching: dict[str, threading.Lock] = {}  # one fetch per item, however many files ask
@@ -326,12 +357,7 @@ def main_file_lookup(provider: MetadataProvider, memo_size: int = 1024) -> Looku
                 known = item in memo
                 md = memo.get(item)
             if not known:
-                try:
-                    md = provider.fetch(item, None)
-                except MetadataError as e:
-                    if not e.absent:
-                        raise
-                    md = None
+                md = fetch(item)
                 with lock:
                     memo[item] = md
                     while len(memo) > memo_size:
@@ -391,8 +417,27 @@ class MatchResolver:
         return self.resolve_many((match,))[0]
 
 
-def build_fetcher(cfg: Config, r: redis.Redis) -> Fetcher | None:
-    """The configured provider's lookups behind a :class:`Fetcher`; None without a provider."""
+def enrich_lookup(fetch: Fetch) -> Lookup:
+    """The ``enrich`` lookup: fetch (and so store) an item's metadata; the answer only says it
+    is done."""
+
+    def look(item: str) -> Resolution:
+        fetch(item)
+        return Resolution(True, "metadata fetched")
+
+    return look
+
+
+ENRICH = "enrich"  # the lookup kind that fetches an item's metadata for its entities
+
+
+def build_fetcher(cfg: Config, r: redis.Redis, cache: Any = None) -> Fetcher | None:
+    """The configured provider's lookups behind a :class:`Fetcher`; None without a provider.
+
+    With ``cache`` (the :class:`~pirus_bridge.metadata.cache.MetadataCache` counting uses) the
+    OAI-PMH and Solr lookups go through it, so an item's record is fetched once for everything
+    that needs it — its entities (the ``enrich`` kind), whether it is an item, its main files —
+    and kept in ``md:{item}``."""
     m = cfg.metadata
     if m.provider == "none" or m.url is None:
         return None
@@ -410,7 +455,10 @@ def build_fetcher(cfg: Config, r: redis.Redis) -> Fetcher | None:
                                       identifier_template=template, attempts=2)  # fmt: skip
         else:
             provider = SolrProvider(m.url, id_field=m.id_field, timeout=timeout, attempts=2)
-        lookups = {Resolve.ITEM.value: item_lookup(provider),
-                   Resolve.MAIN_FILE.value: main_file_lookup(provider)}  # fmt: skip
+        source: MetadataProvider | Fetch = provider if cache is None else cache.lookup
+        lookups = {Resolve.ITEM.value: item_lookup(source),
+                   Resolve.MAIN_FILE.value: main_file_lookup(source)}  # fmt: skip
+        if cache is not None:
+            lookups[ENRICH] = enrich_lookup(cache.lookup)
     breaker = Breaker(m.failure_threshold, m.probe_interval_s)
     return Fetcher(r, lookups, name=m.provider, workers=m.workers, breaker=breaker)
