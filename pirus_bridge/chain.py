@@ -152,15 +152,16 @@ class Chain:
             events += [
                 UsageEvent(rec.ts, m.item, m.oai_identifier, m.metric, m.url, rec.ip,
                            rec.user_agent, rec.referer, rec.status, rec.session, m.rule,
-                           line_id(rec), m.resolve.value if m.resolve is not None else "")
-                for rec, m in result.usage
+                           line_id(texts[start + at]),
+                           m.resolve.value if m.resolve is not None else "")
+                for (rec, m), at in zip(result.usage, result.usage_at, strict=True)
             ]  # fmt: skip
         return Lines(counts, months, unparsed_at, events)
 
-    def line_id(self, rec: LogRecord) -> str:
+    def line_id(self, text: str) -> str:
         """The identity of a usage line: the same for the same line read again, another for
         a second identical line in the same log (its occurrence is part of it)."""
-        text = _line_text(rec)
+        text = text.rstrip()
         recent = self._recent
         seen = recent.get(text)
         if seen is None:
@@ -174,13 +175,6 @@ class Chain:
     def forget_recent(self) -> None:
         """Start a new log: occurrences count from one again."""
         self._recent.clear()
-
-
-def _line_text(rec: LogRecord) -> str:
-    """What identifies a line: every field the parser read (the same line from any copy of a
-    log, or through any path, gives the same text)."""
-    return (f"{rec.ip} {rec.ts} {rec.method} {rec.url} {rec.protocol} {rec.status} {rec.size} "
-            f"{rec.referer}\x1f{rec.user_agent}\x1f{rec.vhost}\x1f{rec.session}")
 
 
 def _month_runs(records: list[LogRecord | None]) -> list[tuple[str, int, int]]:

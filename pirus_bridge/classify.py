@@ -58,21 +58,24 @@ class Sorted:
     are); ``robots`` splits ``counts["bot"]`` by :class:`~pirus_bridge.robots.RobotSource`
     value; ``challenges`` is how many of the ``other`` lines were WAF challenge traffic;
     ``usage`` holds each usage line's record and mapping match, in line order; ``unparsed_at``
-    the positions (from 0) of the lines that did not parse; ``skipped`` how many were blank or
-    ``#`` comments (not log lines: in no category, not in ``counts``).
+    the positions (from 0) of the lines that did not parse, ``usage_at`` those of the usage
+    lines; ``skipped`` how many were blank or ``#`` comments (not log lines: in no category,
+    not in ``counts``).
     """
 
-    __slots__ = ("counts", "robots", "challenges", "usage", "unparsed_at", "skipped")
+    __slots__ = ("counts", "robots", "challenges", "usage", "unparsed_at", "skipped", "usage_at")
 
     def __init__(self, counts: dict[str, int], usage: list[tuple[LogRecord, MappingMatch]],
                  unparsed_at: list[int], robots: dict[str, int] | None = None,
-                 challenges: int = 0, skipped: int = 0) -> None:
+                 challenges: int = 0, skipped: int = 0,
+                 usage_at: list[int] | None = None) -> None:
         self.counts = counts
         self.usage = usage
         self.unparsed_at = unparsed_at
         self.robots = robots if robots is not None else {}
         self.challenges = challenges
         self.skipped = skipped
+        self.usage_at = usage_at if usage_at is not None else []  # the usage lines' positions
 
 
 @dataclass(frozen=True)
@@ -122,10 +125,10 @@ class Classifier:
         unparsed_at: list[int] = []
         by_source = dict.fromkeys([s.value for s in RobotSource], 0)
         n_unparsed = n_bot = n_notfound = n_other = n_challenge = n_skipped = 0
-        for rec in records:
+        usage_at: list[int] = []
+        for at, rec in enumerate(records):
             if rec is None:
-                unparsed_at.append(n_unparsed + n_bot + n_notfound + n_other + len(usage)
-                                   + n_skipped)
+                unparsed_at.append(at)
                 n_unparsed += 1
                 continue
             if rec is SKIPPED:  # a blank or comment line: no log line, in no category
@@ -159,6 +162,7 @@ class Classifier:
                     n_challenge += 1
                 else:
                     usage.append((rec, match))
+                    usage_at.append(at)
             else:
                 n_other += 1
         counts = {
@@ -166,7 +170,7 @@ class Classifier:
             "usage": len(usage), "other": n_other,
         }  # fmt: skip
         robots_by = {k: n for k, n in by_source.items() if n}
-        return Sorted(counts, usage, unparsed_at, robots_by, n_challenge, n_skipped)
+        return Sorted(counts, usage, unparsed_at, robots_by, n_challenge, n_skipped, usage_at)
 
     def explain(self, rec: LogRecord | None) -> Explanation:
         """The category of one record and why, naming the list entry, range, status or rule.

@@ -86,7 +86,8 @@ def _counting_status(stages: Stages, r: redis.Redis, event: UsageEvent,
     key = keys.day_state(utc_day(event.ts), event.item)
     seen, chains = r.hmget(key, f"L:{event.line}", field)
     limit = stages.cfg.bots.volume_per_day
-    if seen is not None and limit and r.hget(keys.volume(utc_day(event.ts)), ids.user) == b"x":
+    used = r.hget(keys.volume(utc_day(event.ts)), ids.user) if limit else None
+    if seen is not None and used is not None and int(used) > limit:
         return (f"not counted: this user made more than {limit} usage requests on "
                 f"{utc_day(event.ts)} (bots.volume_per_day), so the whole day is excluded as "
                 "a robot's")

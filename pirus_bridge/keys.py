@@ -58,9 +58,9 @@ Processing
                                     head and tail digests; ``pirus_bridge.checkpoint``)
     ``ingest:<id>:lock``            string: the lease of the run reading such a stream
     ``vol:<YYYY-MM-DD>``            hash: the volume rule's count of each user's usage lines that
-                                    day (field ``<user>``, ``x`` once excluded) and the items
-                                    they were on (``i:<user>``, tab-separated); expires with
-                                    the day's dedupe state
+                                    day (field ``<user>``; past the limit: excluded) and the
+                                    items they were on (fields ``i:<user>:<item>``); expires
+                                    with the day's dedupe state
     ``park:<kind>:{<id>}``          list: usage events (JSON, raw address and agent included)
                                     waiting for the metadata provider to answer ``<kind>``
                                     about ``<id>`` (``pirus_bridge.parking``); expires once

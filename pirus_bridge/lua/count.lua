@@ -17,10 +17,10 @@
 --   n:<user>              usage lines of the user on the item that day (the volume rule)
 --   _                     the hash exists, so it has its TTL
 -- Volume rule (bots.volume): vol:<day> counts each user's usage lines of the UTC day (field
--- <user>) and names the items they were on (field i:<user>, tab-separated). A user that passes
--- the limit is excluded for the whole day: every action of theirs that day is taken back, their
+-- <user>) and names the items they were on (fields i:<user>:<item>). A user that passes the
+-- limit is excluded for the whole day: every action of theirs that day is taken back, their
 -- lines move to the month's robots ('bot:volume' of acct:<month>), and later lines of theirs
--- that day count there directly (<user> is then 'x').
+-- that day (their count is then past the limit) count there directly.
 -- Chains cross midnight: a day's last chain continues into the next day's first chain when the
 -- gap is at most the window; the action is then the later day's. A chain is one action, at its
 -- last click.
@@ -326,9 +326,23 @@ end
 -- back, and the double-click lines that are no longer double-clicks.
 local function exclude(user, kind, info)
   local lines, dI, dR, ddc = 0, 0, 0, 0
-  local items = redis.call('HGET', info.vol, 'i:' .. user)
+  local items, seen_items = {}, {}
+  local prefix = 'i:' .. user .. ':'
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', info.vol, cursor, 'MATCH', prefix .. '*', 'COUNT', 1000)
+    cursor = page[1]
+    for j = 1, #page[2], 2 do
+      local name = page[2][j]
+      if not seen_items[name] then
+        seen_items[name] = true
+        items[#items + 1] = string.sub(name, #prefix + 1)
+        redis.call('HDEL', info.vol, name)
+      end
+    end
+  until cursor == '0'
   local covered = {}
-  for item in string.gmatch(items or '', '[^\t]+') do
+  for _, item in ipairs(items) do
     local hh = item_hash(info, item)
     local n = tonumber(redis.call('HGET', hh.key, 'n:' .. user)) or 0
     local actions = 0
@@ -389,7 +403,6 @@ local function exclude(user, kind, info)
     redis.call('HDEL', hh.key, 'n:' .. user)
     lines = lines + n
   end
-  redis.call('HDEL', info.vol, 'i:' .. user)
   return lines, dI, dR, ddc
 end
 
@@ -431,22 +444,18 @@ for e = 0, nclicks - 1 do
   local volume = nil -- nil: counted as usage; else the robot lines this click makes
   local vdI, vdR, vdd = 0, 0, 0
   if not seen[1] and limit > 0 then
-    if redis.call('HGET', info.vol, user) == 'x' then
+    local n = redis.call('HINCRBY', info.vol, user, ONE)
+    if n == 1 then
+      redis.call('EXPIRE', info.vol, info.ttl)
+    end
+    if n > limit + 1 then -- excluded already
       volume = 1
-    else
-      local n = redis.call('HINCRBY', info.vol, user, ONE)
-      if n == 1 then
-        redis.call('EXPIRE', info.vol, info.ttl)
-      end
-      if n > limit then
-        local lines
-        lines, vdI, vdR, vdd = exclude(user, kind, info)
-        redis.call('HSET', info.vol, user, 'x')
-        volume = lines + 1
-      elseif not seen[6] then -- the user's first line on this item that day
-        local items = redis.call('HGET', info.vol, 'i:' .. user)
-        redis.call('HSET', info.vol, 'i:' .. user, items and (items .. '\t' .. hh.id) or hh.id)
-      end
+    elseif n > limit then -- this line passes the limit
+      local lines
+      lines, vdI, vdR, vdd = exclude(user, kind, info)
+      volume = lines + 1
+    elseif not seen[6] then -- the user's first line on this item that day
+      redis.call('HSET', info.vol, 'i:' .. user .. ':' .. hh.id, ONE)
     end
   end
   if seen[1] then
