@@ -53,6 +53,7 @@ class IngestSummary:
     requests: int = 0
     double_clicks: int = 0
     replayed: int = 0
+    unidentified: int = 0  # usage lines counted without an OAI identifier (not deliverable)
     enqueued: dict[str, int] = field(default_factory=dict)
     samples: list[UnparsedSample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -202,6 +203,7 @@ class Prepared:
     count_index: int | None  # where the counting script's reply is, if events were counted
     gatherers: list[str]  # the gatherers of the batch, in the script's order
     hashes: list[tuple[int, str]] = field(default_factory=list)  # day hashes: (day, key)
+    unidentified: int = 0  # events without an OAI identifier: no gatherer can be sent them
 
 
 class Recorder:
@@ -232,9 +234,12 @@ class Recorder:
         new_oai: list[tuple[str, str]] = []
         if self.metadata is not None:
             self._look_up({e.item for e in events if e.item not in known} | self._waiting)
+        unidentified = 0
         for event in events:
             if event.item not in known or not event.oai_identifier:
                 event = with_metadata(event, new_oai)
+                if not event.oai_identifier:
+                    unidentified += 1
             body: str | None = None
             bodies: list[str] = []
             for g in gatherers:
@@ -250,13 +255,14 @@ class Recorder:
         if events:
             count.queue(pipe)
             pipe.sadd(keys.OBJECTITEMS, *count.items())
-        return Prepared(count_index, [g.name for g in gatherers], count.hashes())
+        return Prepared(count_index, [g.name for g in gatherers], count.hashes(), unidentified)
 
     @staticmethod
     def account(prepared: Prepared, replies: list[Any], s: IngestSummary) -> None:
         """Add what the counting script decided to ``s``."""
         if prepared.count_index is None:
             return
+        s.unidentified += prepared.unidentified
         reply = replies[prepared.count_index]
         enqueued_by = s.enqueued
         names = prepared.gatherers

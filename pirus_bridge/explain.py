@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import redis
 
@@ -63,9 +63,43 @@ def explain_line(stages: Stages, r: redis.Redis, line: str,
     if not result.events:  # the classifier's step by step agrees with sort: cannot happen
         return Explanation(line, "other", why.reason)
     event = result.events[0]
+    settled = _settle(stages, event, line)
+    if isinstance(settled, Explanation):
+        return settled
+    event = settled
     reason = f"{event.metric.value} of item {event.item} (mapping rule '{event.rule}')"
-    reason += "; " + _counting_status(stages, r, event, following)
+    if event.resolve:
+        reason += ("; it waits for the metadata provider's answer (resolve: "
+                   f"{event.resolve}) and is counted when it comes")
+    else:
+        reason += "; " + _counting_status(stages, r, event, following)
+    if not event.oai_identifier and not event.resolve:
+        stored = r.hget(keys.metadata(event.item), "oai_identifier")
+        if stored is None:
+            reason += (f"; it cannot be delivered to a gatherer: item {event.item} has no OAI "
+                       "identifier (the mapping builds none and no metadata gave one)")
     return Explanation(line, "usage", reason, event.item, event.metric.value)
+
+
+def _settle(stages: Stages, event: UsageEvent, line: str) -> UsageEvent | Explanation:
+    """A ``resolve:`` rule's event as the metadata provider's answer makes it: credited to its
+    item, or not usage (then the explanation), or still waiting (``resolve`` kept)."""
+    if not event.resolve or stages.resolver is None:
+        return replace(event, resolve="")
+    from pirus_bridge.mapping import MappingMatch, Resolve
+    from pirus_bridge.metadata.fetcher import MatchResolver
+    from pirus_bridge.metadata.resolution import Resolution
+
+    match = MappingMatch(event.rule, event.item, event.oai_identifier, event.metric, event.url,
+                         Resolve(event.resolve))
+    answer = stages.resolver.fetcher.resolve(event.resolve, MatchResolver.key(match))
+    if not isinstance(answer, Resolution):
+        return event
+    if not answer.counts:
+        return Explanation(line, "other", f"the {stages.cfg.metadata.provider} "
+                           f"metadata provider says: {answer.reason}")
+    return replace(event, item=answer.item or event.item,
+                   oai_identifier=answer.oai_identifier or event.oai_identifier, resolve="")
 
 
 def _unparsed_reason(stages: Stages, line: str) -> str:

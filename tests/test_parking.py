@@ -133,3 +133,27 @@ def test_a_dead_endpoint_parks_the_lines_and_they_count_when_it_answers(
     check_counted(r)
     assert r.scard(keys.PARKED) == 0 and not list(r.scan_iter(match="park:*"))
     assert month_accounting(r, "2026-10")["other"] == 4
+
+
+def test_explain_asks_the_provider_what_a_bitstream_is(
+    tmp_path: Path, redis_url: str, r: redis.Redis, server: DSpaceRestServer
+) -> None:
+    from pirus_bridge.chain import build
+    from pirus_bridge.explain import explain_line
+
+    lines, _ = dspace_log(server)
+    cfg = config(redis_url, server)
+    ingester = Ingester(cfg, r)
+    try:
+        ingester.ingest(str(write_log(tmp_path / "dspace.log", lines)))
+    finally:
+        ingester.close()
+    stages = build(cfg, r)
+    try:
+        thumbnail = explain_line(stages, r, lines[1])
+        pdf = explain_line(stages, r, lines[3])
+    finally:
+        stages.recorder.enricher.close()
+    assert thumbnail.category == "other" and "THUMBNAIL" in thumbnail.reason
+    assert (pdf.category, pdf.item) == ("usage", "123456789/42")
+    assert "is the action" in pdf.reason

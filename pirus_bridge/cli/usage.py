@@ -84,6 +84,8 @@ def _print_summary(s: IngestSummary) -> None:
     ]
     if s.replayed:
         rows.append(("already counted (replayed)", s.replayed))
+    if s.unidentified:
+        rows.append(("usage lines without an OAI identifier (not deliverable)", s.unidentified))
     rows += [(f"enqueued for {g}", n) for g, n in s.enqueued.items()]
     width = max(len(label) for label, _ in rows)
     for label, n in rows:
