@@ -77,6 +77,7 @@ class UsageStore:
         self.grace_s = self.counting.day_close_grace_h * 3600
         self._item_keys: dict[str, tuple[str, ...]] = {}
         self._days: dict[int, tuple[str, str]] = {}
+        self._day_hashes: dict[tuple[str, int], str] = {}
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -120,6 +121,15 @@ class UsageStore:
                 keys.counter_metrics(item), keys.daily(item), keys.dates(item, "v"),
                 keys.dates(item, "d"), keys.totals(item, "v"), keys.totals(item, "d"),
             )
+        return found
+
+    def _day_key(self, item: str, day: int) -> str:
+        """``YYYY-MM-DD:{item}`` (cached: an item is seen on the same few days again)."""
+        found = self._day_hashes.get((item, day))
+        if found is None:
+            if len(self._day_hashes) >= CACHE_LIMIT:
+                self._day_hashes.clear()
+            found = self._day_hashes[item, day] = keys.day_state(self._day(day)[0], item)
         return found
 
     def _day(self, day: int) -> tuple[str, str]:
@@ -319,7 +329,7 @@ class CountBatch:
                                self.store._day(day + 1)[0], *self.store._day(day - 1))
             self._day_keys += (keys.volume(name), keys.accounting(month))
             d = self._days[day] = len(self._days) + 1
-        self._hash_keys.append(keys.day_state(self.store._day(day)[0], item))
+        self._hash_keys.append(self.store._day_key(item, day))
         self._hash_args += (d, n)
         h = self._hashes[item, day] = len(self._hash_keys)
         return h
