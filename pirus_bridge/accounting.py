@@ -48,6 +48,26 @@ def month_accounting(r: redis.Redis, month: str) -> dict[str, Any]:
     return out
 
 
+def unidentified(r: redis.Redis, month: str) -> dict[str, int]:
+    """The month's actions of items that have no OAI identifier, by type: counted, but no
+    gatherer can be sent them (SPEC §3: ``rft.artnum`` is the OAI identifier)."""
+    items = [text(m) for m in r.smembers(keys.OBJECTITEMS)]
+    fields = [f"{month}:{keys.TII}", f"{month}:{keys.TIR}"]
+    total = {"investigations": 0, "requests": 0}
+    for start in range(0, len(items), 5000):
+        chunk = items[start:start + 5000]
+        pipe = r.pipeline(transaction=False)
+        for item in chunk:
+            pipe.hget(keys.metadata(item), "oai_identifier")
+            pipe.hmget(keys.counter_metrics(item), fields)
+        replies = pipe.execute()
+        for oai, (tii, tir) in zip(replies[0::2], replies[1::2], strict=True):
+            if oai is None:
+                total["investigations"] += int(tii or 0) - int(tir or 0)
+                total["requests"] += int(tir or 0)
+    return total
+
+
 def usage_lines(r: redis.Redis, month: str) -> dict[str, int]:
     """The month's usage lines over all items: actions by type, and double-click lines."""
     items = [text(m) for m in r.smembers(keys.OBJECTITEMS)]

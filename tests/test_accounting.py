@@ -179,3 +179,20 @@ def test_accounting_counts_each_robot_source_apart(tmp_path: Path, redis_url: st
     assert a["robots_by_source"] == {"counter_list": 1, "ai_agents": 2, "ip_ranges": 1,
                                      "patterns": 1, "volume": 0}
     assert a["robots"] == s.bots == 5 and a["requests"] == 1 and a["lines"] == 6
+
+
+def test_accounting_names_actions_no_gatherer_can_be_sent(tmp_path: Path, redis_url: str,
+                                                          r: redis.Redis) -> None:
+    from pirus_bridge.accounting import unidentified
+
+    dspace7 = {"host": "dspace.example.edu", "base_url": "https://dspace.example.edu",
+               "mapping": str(ROOT / "mappings" / "dspace7.yaml")}
+    uuid = "0f5a1b2c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+    lines = [clf(at("10:00:00"), f"/items/{uuid}"),  # no provider: no OAI identifier
+             clf(at("10:01:00"), f"/bitstreams/{uuid}/download")]
+    s = Ingester(make_config(redis_url, repository=dspace7), r).ingest(
+        str(write_log(tmp_path / "d.log", lines)))
+    assert s.unidentified == 2
+    assert unidentified(r, "2026-10") == {"investigations": 1, "requests": 1}
+    category, reason = explain(redis_url, r, lines[0], repository=dspace7)
+    assert category == "usage" and "cannot be delivered" in reason

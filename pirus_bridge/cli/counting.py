@@ -20,12 +20,13 @@ FOLLOWING_LINES = 2000  # how far explain --file looks ahead for a superseding c
 def accounting(app: App, month: str, as_json: bool) -> None:
     """The month's line accounting: raw lines → unparsed → robots by source → not found →
     other → double-clicks → counted Investigations and Requests (the parts add up)."""
-    from pirus_bridge.accounting import month_accounting
+    from pirus_bridge.accounting import month_accounting, unidentified
 
     data = month_accounting(app.redis, month)
     if as_json:
         emit_json(data)
         return
+    lost = unidentified(app.redis, month)
     rows = [("lines", data["lines"]), ("unparsed", data["unparsed"]),
             ("robots", data["robots"])]
     rows += [(f"  {source.replace('_', ' ')}", n)
@@ -38,6 +39,10 @@ def accounting(app: App, month: str, as_json: bool) -> None:
     width = max(len(label) for label, _ in rows)
     for label, n in rows:
         click.echo(f"  {label:<{width}}  {n:>12,}")
+    if lost["investigations"] or lost["requests"]:
+        click.echo(f"note: {lost['investigations']:,} investigation(s) and "
+                   f"{lost['requests']:,} request(s) are of items without an OAI identifier: "
+                   "counted, but no gatherer can be sent them (see `explain` and docs/mappings.md)")
 
 
 @click.command()
