@@ -66,10 +66,16 @@ Processing
                                     when a line was last read), ``event_ts`` (newest event time
                                     read), ``lines`` (lines read in all)
 
+Live pipeline (``pirus_bridge.queues``): for a queue ``<queue>`` (``q:loglines``, ``q:count``,
+the category queues), the tag ``{<queue>}`` puts these keys in the queue's own Cluster slot
+    ``q:workers:{<queue>}``         set: the ids of the workers of the queue (the registry that
+                                    orphan recovery reads instead of scanning the keyspace)
+    ``q:processing:{<queue>}:<worker>``  list: items the worker has taken, not yet committed
+    ``q:alive:{<queue>}:<worker>``  string: the worker's heartbeat (expires when it dies)
+
 Elsewhere, with their own module's docstring
     ``ob:{gatherer}:…``             the outbox (``pirus_bridge.outbox``)
-    ``q:…``                         the live pipeline's queues, processing lists and worker
-                                    heartbeats (``pirus_bridge.queues``)
+    ``q:…``                         the live pipeline's queues themselves (``pirus_bridge.queues``)
 """
 
 from __future__ import annotations
@@ -203,3 +209,34 @@ def outbox_held(gatherer: str, run: str) -> str:
     """``ob:{gatherer}:held:<run>``: sorted set, message id → event time, of a bulk run's
     messages that a later line of the run may still supersede (``UsageStore.release_held``)."""
     return f"ob:{tag(gatherer)}:held:{run}"
+
+
+def slot_tag(key: str) -> str:
+    """A hash tag that puts other keys in ``key``'s Cluster slot: ``{<what Redis hashes>}``.
+
+    Redis hashes the part of a key between its first ``{`` and the next ``}`` when that part
+    is not empty, else the whole key; so ``q:loglines`` gives ``{q:loglines}`` and ``ob:{g}:x``
+    gives ``{g}``."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start:end + 1]
+    if "{" in key or "}" in key:
+        raise ValueError(f"no hash tag can share the slot of {key!r}: it has braces but no tag")
+    return "{" + key + "}"
+
+
+def queue_workers(queue: str) -> str:
+    """``q:workers:{<queue>}``: the queue's registry of worker ids."""
+    return f"q:workers:{slot_tag(queue)}"
+
+
+def queue_processing(queue: str, worker: str) -> str:
+    """``q:processing:{<queue>}:<worker>``: what the worker has taken and not committed."""
+    return f"q:processing:{slot_tag(queue)}:{worker}"
+
+
+def queue_alive(queue: str, worker: str) -> str:
+    """``q:alive:{<queue>}:<worker>``: the worker's heartbeat."""
+    return f"q:alive:{slot_tag(queue)}:{worker}"
