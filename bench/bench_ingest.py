@@ -36,11 +36,12 @@ from bench.loggen import generate_log  # noqa: E402
 from tests.redis_server import find_redis_server, free_port  # noqa: E402
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(workdir: Path, binary: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server without persistence on a free port: its process and port."""
     port = free_port()
     args = [
-        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "no", "--daemonize", "no",
+        binary or find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+        "--dir", str(workdir), "--save", "", "--appendonly", "no", "--daemonize", "no",
         "--logfile", str(workdir / "redis.log"),
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -72,7 +73,9 @@ def find_goaccess() -> str | None:
     return None
 
 
-def write_config(workdir: Path, port: int) -> Path:
+def write_config(workdir: Path, port: int,
+                 gatherer_url: str = "http://127.0.0.1:9/counter/") -> Path:
+    """The bench's config; by default its gatherer is on port 9, where nothing listens."""
     cfg = {
         "redis": {"url": f"redis://127.0.0.1:{port}/0"},
         "repository": {
@@ -84,7 +87,7 @@ def write_config(workdir: Path, port: int) -> Path:
         # nothing listens on port 9 and nothing is sent: ingest only enqueues
         "gatherers": {
             "irus": {
-                "url": "http://127.0.0.1:9/counter/",
+                "url": gatherer_url,
                 "metrics": ["request", "investigation"],
             }
         },
