@@ -67,7 +67,8 @@ Processing
                                     read), ``lines`` (lines read in all)
 
 Live pipeline (``pirus_bridge.queues``): for a queue ``<queue>`` (``q:loglines``, ``q:count``,
-the category queues), the tag ``{<queue>}`` puts these keys in the queue's own Cluster slot
+the category queues), the tag ``{<queue>}`` puts these keys in the queue's own Cluster slot (a
+queue name with a tag of its own is used as it is: its tag decides)
     ``q:workers:{<queue>}``         set: the ids of the workers of the queue (the registry that
                                     orphan recovery reads instead of scanning the keyspace)
     ``q:processing:{<queue>}:<worker>``  list: items the worker has taken, not yet committed
@@ -211,32 +212,33 @@ def outbox_held(gatherer: str, run: str) -> str:
     return f"ob:{tag(gatherer)}:held:{run}"
 
 
-def slot_tag(key: str) -> str:
-    """A hash tag that puts other keys in ``key``'s Cluster slot: ``{<what Redis hashes>}``.
-
-    Redis hashes the part of a key between its first ``{`` and the next ``}`` when that part
-    is not empty, else the whole key; so ``q:loglines`` gives ``{q:loglines}`` and ``ob:{g}:x``
-    gives ``{g}``."""
+def has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster hashes only part of ``key``: a non-empty ``{…}`` in it (the first
+    ``{`` and the next ``}``)."""
     start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start:end + 1]
-    if "{" in key or "}" in key:
-        raise ValueError(f"no hash tag can share the slot of {key!r}: it has braces but no tag")
-    return "{" + key + "}"
+    return start >= 0 and key.find("}", start + 1) > start + 1
+
+
+def _queue_key(part: str, queue: str) -> str:
+    """``q:<part>:{<queue>}``: in the queue's Cluster slot. A queue name with a hash tag of its
+    own (``q:bothits:{q:loglines}``) is used as it is, so its tag still decides the slot."""
+    if has_hash_tag(queue):
+        return f"q:{part}:{queue}"
+    if "}" in queue:  # braces around it would end the tag early: another slot
+        raise ValueError(f"queue name {queue!r}: a '}}' outside a hash tag is not supported")
+    return f"q:{part}:{{{queue}}}"
 
 
 def queue_workers(queue: str) -> str:
     """``q:workers:{<queue>}``: the queue's registry of worker ids."""
-    return f"q:workers:{slot_tag(queue)}"
+    return _queue_key("workers", queue)
 
 
 def queue_processing(queue: str, worker: str) -> str:
     """``q:processing:{<queue>}:<worker>``: what the worker has taken and not committed."""
-    return f"q:processing:{slot_tag(queue)}:{worker}"
+    return f"{_queue_key('processing', queue)}:{worker}"
 
 
 def queue_alive(queue: str, worker: str) -> str:
     """``q:alive:{<queue>}:<worker>``: the worker's heartbeat."""
-    return f"q:alive:{slot_tag(queue)}:{worker}"
+    return f"{_queue_key('alive', queue)}:{worker}"

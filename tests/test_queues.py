@@ -115,23 +115,40 @@ def test_queue_give_back_keeps_the_worker_registered(r: redis.Redis) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "tag"),
-    [("q:loglines", "{q:loglines}"), ("q:count", "{q:count}"), ("ob:{irus}:pending", "{irus}"),
-     ("a{}b", None), ("a{b", None), ("{}x{y}", None), ("x{y}{z}", "{y}")],
+    ("key", "tagged"),
+    [("q:loglines", False), ("ob:{irus}:pending", True), ("a{}b", False), ("a{b", False),
+     ("{}x{y}", False), ("x{y}{z}", True), ("{y}", True)],
 )
-def test_slot_tag_follows_the_cluster_hashing_rule(key: str, tag: str | None) -> None:
-    if tag is None:
-        with pytest.raises(ValueError):
-            keys.slot_tag(key)
-        return
-    assert keys.slot_tag(key) == tag
-    assert key_slot(f"x:{tag}:y".encode()) == key_slot(key.encode())
+def test_has_hash_tag_follows_the_cluster_hashing_rule(key: str, tagged: bool) -> None:
+    assert keys.has_hash_tag(key) is tagged
+    if tagged:  # the part in braces decides the slot
+        tag = key[key.index("{"):key.index("}", key.index("{")) + 1]
+        assert key_slot(f"other:{tag}".encode()) == key_slot(key.encode())
 
 
 def test_queue_keys_share_the_queues_slot() -> None:
     for queue in ("q:loglines", "q:count", "q:bothits", "q:objectviews", "q:fof", "q:other",
-                  "q:unparsed"):
+                  "q:unparsed", "q:bothits:{q:loglines}", "a{b"):
         slot = key_slot(queue.encode())
         names = (keys.queue_workers(queue), keys.queue_processing(queue, "host-1-abc"),
                  keys.queue_alive(queue, "host-1-abc"))
         assert {key_slot(n.encode()) for n in names} == {slot}
+
+
+def test_queue_name_with_a_stray_closing_brace_is_refused(r: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="hash tag"):
+        ReliableQueue(r, "a{}b}")
+
+
+def test_queues_sharing_a_tag_keep_their_workers_apart(r: redis.Redis) -> None:
+    # two queues in one slot (one tag): each its own registry and processing lists
+    a, b = "q:bothits:{q:loglines}", "q:fof:{q:loglines}"
+    r.lpush(a, "1")
+    r.lpush(b, "2")
+    qa, qb = ReliableQueue(r, a, worker="w"), ReliableQueue(r, b, worker="w")
+    qa.take(1, block_s=0.1)
+    qb.take(1, block_s=0.1)
+    assert qa.registry != qb.registry and qa.processing != qb.processing
+    r.delete(qa.alive)
+    assert ReliableQueue(r, a, worker="other").recover_orphans() == 1
+    assert r.lrange(a, 0, -1) == [b"1"] and r.lrange(qb.processing, 0, -1) == [b"2"]
