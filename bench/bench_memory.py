@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from bench import compact_state  # noqa: E402
-from bench.bench_ingest import start_redis, write_config  # noqa: E402
+from bench.bench_ingest import clean_up, start_redis, stop, write_config  # noqa: E402
 from bench.bench_push import start_test_gatherer  # noqa: E402
 from bench.loggen import generate_log  # noqa: E402
+from pirus_bridge.ingest import CLOSED_KEEP_S  # noqa: E402
 
 # Key families, first match wins; "persistent" ones (*) are the counting state that stays for
 # ever; md:{item} (+) is the item's metadata cache, persistent too but not counting state.
@@ -135,6 +135,17 @@ def delete_family(r: redis.Redis, pattern: str) -> int:
     return n
 
 
+def ttls(r: redis.Redis, pattern: str) -> list[int]:
+    keys = list(r.scan_iter(match=pattern, count=CHUNK))
+    out: list[int] = []
+    for i in range(0, len(keys), CHUNK):
+        pipe = r.pipeline(transaction=False)
+        for k in keys[i:i + CHUNK]:
+            pipe.ttl(k)
+        out += [int(t) for t in pipe.execute()]
+    return out
+
+
 def print_families(title: str, fams: dict[str, Family], days: int) -> int:
     """The table; returns the persistent bytes."""
     print(f"\n{title}")
@@ -151,8 +162,9 @@ def print_families(title: str, fams: dict[str, Family], days: int) -> int:
     meta = fams.get("md:{item}", Family()).bytes
     print(f"  {'* persistent counting state':44} {'':9} {persistent:13,} "
           f"{persistent / days:11.1f}")
-    print(f"  {'* and + (with the metadata cache)':44} {'':9} {persistent + meta:13,} "
-          f"{(persistent + meta) / days:11.1f}")
+    if meta:
+        print(f"  {'* and + (with the metadata cache)':44} {'':9} {persistent + meta:13,} "
+              f"{(persistent + meta) / days:11.1f}")
     return persistent
 
 
@@ -208,10 +220,13 @@ def main() -> None:
         outbox = sum(fams[n].bytes for n in ("ob:{g}:msg", "ob:{g}:pending", "ob:{g}:held:<run>")
                      if n in fams)
         dedupe = fams.get("day hashes YYYY-MM-DD:{item}", Family())
+        closed = sum(1 for ttl in ttls(r, "????-??-??:{*}") if 0 <= ttl <= CLOSED_KEEP_S)
+        print(f"\nday hashes: {dedupe.keys:,}, of which {closed:,} of days this run closed "
+              f"(they expire within {CLOSED_KEEP_S} s; the others at their day's end + grace)")
         dedupe_before = used_memory(r)
         delete_family(r, "????-??-??:{*}")
         dedupe_freed = dedupe_before - used_memory(r)
-        print(f"\ndedupe state (day hashes): {dedupe.bytes:,} B by MEMORY USAGE, "
+        print(f"dedupe state (day hashes): {dedupe.bytes:,} B by MEMORY USAGE, "
               f"{dedupe_freed:,} B freed when deleted; {dedupe.bytes / days:.1f} B per "
               f"item-day, {dedupe.keys:,} hashes")
         print(f"pending outbox: {pending:,} messages, {outbox:,} B by MEMORY USAGE "
@@ -246,19 +261,10 @@ def main() -> None:
               f"(expiring); pending message {outbox / pending if pending else 0:.1f} B; "
               f"delivered message {sent.bytes / max(pushed['sent'], 1):.1f} B (audit)")
     finally:
-        if gatherer is not None:
-            gatherer.terminate()
-            gatherer.wait(10)
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        for p in (gatherer, proc):
+            if p is not None:
+                stop(p)
+        clean_up(workdir, args.keep)
 
 
 if __name__ == "__main__":

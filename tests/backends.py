@@ -26,7 +26,7 @@ import redis
 import yaml
 from redis.exceptions import RedisClusterException
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, config_data
 from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
 
@@ -52,6 +52,7 @@ class Backend:
     servers: list[RedisServer]
     local_cluster: LocalCluster | None = None
     _clients: list[Any] = field(default_factory=list)
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def cluster(self) -> bool:
@@ -92,7 +93,14 @@ class Backend:
             self.local_cluster.wait_ok()
 
     def finish(self) -> None:
-        """After the test: close clients, every server running and without persistence."""
+        """After the test: processes it started ended, clients closed, every server running and
+        without persistence."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
         for c in self._clients:
             c.close()
         if self.local_cluster:
@@ -106,22 +114,11 @@ class Backend:
     # -- the command line ----------------------------------------------------------------
 
     def write_config(self, path: Path, **sections: Any) -> Path:
-        """A config file for the shipped EPrints mapping on this backend; ``sections`` replace
-        or add sections (``counting`` is merged)."""
-        data: dict[str, Any] = {
-            "redis": self.redis_section(),
-            "repository": {
-                "host": "eprints.example.ac.uk",
-                "base_url": "https://eprints.example.ac.uk",
-                "mapping": str(ROOT / "mappings" / "eprints3.yaml"),
-            },
-            "counting": {"salt": "contract-salt", "batch_size": 200},
-        }
-        for name, value in sections.items():
-            if isinstance(value, dict) and isinstance(data.get(name), dict):
-                data[name] = {**data[name], **value}
-            else:
-                data[name] = value
+        """A config file for the shipped EPrints mapping on this backend
+        (:func:`tests.helpers.config_data`; batches of 200 lines unless ``counting`` says)."""
+        counting = {"batch_size": 200, **sections.pop("counting", {})}
+        data = config_data(self.redis_section(), mapping=str(ROOT / "mappings" / "eprints3.yaml"),
+                           counting=counting, **sections)
         path.write_text(yaml.safe_dump(data))
         return path
 
@@ -144,12 +141,15 @@ class Backend:
         return json.loads(self.cli(config, *args, "--json", stdin=stdin))
 
     def start_cli(self, config: Path, *args: str, stderr: Path) -> subprocess.Popen[bytes]:
-        """``pirus-bridge`` as a subprocess, its stderr to a file; see :meth:`finished`."""
+        """``pirus-bridge`` as a subprocess, its stderr to a file; see :meth:`finished`. Killed
+        after the test if still running."""
         with stderr.open("wb") as err:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "pirus_bridge", "--config", str(config), *args],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env=dict(os.environ),
             )  # fmt: skip
+        self._procs.append(proc)
+        return proc
 
     def finished(self, proc: subprocess.Popen[bytes], stderr: Path, timeout: float = 120) -> str:
         """Wait for a :meth:`start_cli` process: its stdout; a failure is a :class:`CliFailed`

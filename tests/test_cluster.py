@@ -4,6 +4,7 @@ processing lists and heartbeats share the queue's slot)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pirus_bridge.config import RedisConfig
 from pirus_bridge.exceptions import RedisUnavailable
 from pirus_bridge.queues import ReliableQueue, registered_workers
 from pirus_bridge.redisconn import connect
+from tests.backends import Backend
 from tests.redis_cluster import LocalCluster, slot_ranges, version
 from tests.redis_server import RedisServer, free_port
 
@@ -162,3 +164,29 @@ def test_single_server_aof_restart_keeps_its_keys(tmp_path: Path) -> None:
         c.close()
     finally:
         server.stop()
+
+
+def test_cluster_serves_the_read_commands(cluster: LocalCluster, tmp_path: Path) -> None:
+    # counts written key by key (the counting itself does not run on a cluster yet): the
+    # commands that read them do, each item's keys wherever its slot is
+    backend = Backend("cluster", cluster.nodes, cluster)
+    c = backend.client()
+    items = {"7": (5, 2), "1234": (3, 1), "99": (1, 0)}  # TII, TIR in 2026-10
+    for item, (tii, tir) in items.items():
+        c.hset(f"c:{{{item}}}", mapping={"2026-10:TII": tii, "2026-10:UII": tii,
+                                         "2026-10:TIR": tir, "2026-10:UIR": tir})
+        c.hset(f"dly:{{{item}}}", mapping={"2026-10-14:v": 1})
+        c.hset(f"md:{{{item}}}", "oai_identifier", f"oai:eprints.example.ac.uk:{item}")
+        c.sadd("objectitems", item)
+    assert len({cluster.node_of(f"c:{{{i}}}").port for i in items}) > 1
+    config = backend.write_config(tmp_path / "pirus-bridge.yaml",
+                                  gatherers={"irus": {"url": "http://127.0.0.1:9/counter/"}})
+    rows = json.loads(backend.cli(config, "report", "--month", "2026-10", "--format", "json"))
+    assert [(r["item"], r["Total_Item_Investigations"], r["Total_Item_Requests"])
+            for r in rows] == [("7", 5, 2), ("1234", 3, 1), ("99", 1, 0)]
+    stats = backend.cli_json(config, "stats", "item", "1234")
+    assert stats["totals"]["Total_Item_Investigations"] == 3
+    assert stats["daily"] == {"2026-10-14": {"views": 1, "downloads": 0}}
+    assert stats["oai_identifier"] == "oai:eprints.example.ac.uk:1234"
+    assert backend.cli_json(config, "outbox", "stats")["irus"]["pending"] == 0
+    backend.finish()

@@ -194,8 +194,6 @@ def test_contract_pusher_killed_loses_nothing(backend: Backend, tmp_path: Path,
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
     assert gatherer.received < total, "the push finished before it was killed"
     assert backend.cli_json(config, "outbox", "stats")["irus"]["in_flight"] > 0
 
@@ -251,8 +249,6 @@ def test_contract_master_restarted_under_aof_mid_run(backend: Backend, tmp_path:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
     proc.wait(60)
-    if proc.stdout is not None:
-        proc.stdout.close()
     # The run either met the dead connection and stopped, or (nothing in flight at the kill:
     # redis-py checks a pooled connection before use) went on against the restarted server.
     assert proc.returncode == 0 or "lost the connection to Redis" in err.read_text()
