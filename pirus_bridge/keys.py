@@ -5,9 +5,10 @@ prefixes and set shapes, made safe for memory, privacy and Redis Cluster.
 
 Hash tags: every per-item key carries the item id in braces, e.g. ``dv:{1234}``, so an item's
 keys hash to the same Cluster slot; the braces also read like the seed's own ``e:{id}``
-notation. Outbox keys carry the gatherer name in braces instead. One counting transaction still
-spans an item's keys, ``objectitems`` and the outbox keys, so Redis Cluster is not supported
-yet (see ``docs/redis-model.md``).
+notation. Outbox keys carry the gatherer name in braces instead, live-queue keys their queue's
+name. One counting transaction still spans many items' keys, ``objectitems`` and the outbox
+keys, so counting does not run on a Redis Cluster yet (``docs/redis-model.md``, "Redis
+Cluster: the plan").
 
 Items and metadata
     ``objectitems``                 set of every item id that has been counted (seed name)
