@@ -190,3 +190,29 @@ def test_cluster_serves_the_read_commands(cluster: LocalCluster, tmp_path: Path)
     assert stats["oai_identifier"] == "oai:eprints.example.ac.uk:1234"
     assert backend.cli_json(config, "outbox", "stats")["irus"]["pending"] == 0
     backend.finish()
+
+
+def test_services_wait_for_the_named_node_then_get_a_cluster_client(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    import threading
+
+    from pirus_bridge.cli.app import App
+    from pirus_bridge.exceptions import PirusBridgeError
+    from pirus_bridge.redisconn import AVAILABILITY
+
+    backend = Backend("cluster", cluster.nodes, cluster)
+    app = App(str(backend.write_config(tmp_path / "up.yaml")))
+    try:
+        assert isinstance(app.service_redis(threading.Event()), RedisCluster)
+    finally:
+        app.close()
+    down = {"url": f"redis://127.0.0.1:{free_port()}/0", "cluster": True}
+    app = App(str(backend.write_config(tmp_path / "down.yaml", redis=down)))
+    stop = threading.Event()
+    stop.set()  # as SIGTERM would, while it waits for the node
+    try:
+        with pytest.raises(PirusBridgeError, match="stopped while waiting for Redis"):
+            app.service_redis(stop)
+    finally:
+        AVAILABILITY.ok()  # this process's shared view: back to "available" for later tests
