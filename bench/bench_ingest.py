@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
@@ -38,11 +39,12 @@ from bench.loggen import generate_log  # noqa: E402
 from tests.redis_server import find_redis_server, free_port  # noqa: E402
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(workdir: Path, binary: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server without persistence on a free port: its process and port."""
     port = free_port()
     args = [
-        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "no", "--daemonize", "no",
+        binary or find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+        "--dir", str(workdir), "--save", "", "--appendonly", "no", "--daemonize", "no",
         "--logfile", str(workdir / "redis.log"),
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,7 +76,9 @@ def find_goaccess() -> str | None:
     return None
 
 
-def write_config(workdir: Path, port: int, dead_metadata: bool = False) -> Path:
+def write_config(workdir: Path, port: int, dead_metadata: bool = False,
+                 gatherer_url: str = "http://127.0.0.1:9/counter/") -> Path:
+    """The bench's config; by default its gatherer is on port 9, where nothing listens."""
     cfg: dict[str, object] = {
         "redis": {"url": f"redis://127.0.0.1:{port}/0"},
         "repository": {
@@ -86,7 +90,7 @@ def write_config(workdir: Path, port: int, dead_metadata: bool = False) -> Path:
         # nothing listens on port 9 and nothing is sent: ingest only enqueues
         "gatherers": {
             "irus": {
-                "url": "http://127.0.0.1:9/counter/",
+                "url": gatherer_url,
                 "metrics": ["request", "investigation"],
             }
         },
@@ -173,15 +177,24 @@ def main() -> None:
               f"{keys:,} keys")
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            stop(proc)
+        clean_up(workdir, args.keep)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def clean_up(workdir: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,18 @@ def time_bare(urls: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def start_test_gatherer() -> tuple[subprocess.Popen[Any], str]:
+    """``python -m tests.gatherer --no-record`` in a process of its own: it and its URL."""
+    gatherer = subprocess.Popen([sys.executable, "-m", "tests.gatherer", "--no-record"],
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert gatherer.stdout is not None
+    url = gatherer.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        gatherer.kill()
+        raise SystemExit(f"gatherer did not start: {url!r}")
+    return gatherer, url
+
+
 def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """nginx on a free loopback port answering 200 to everything (installed if missing)."""
     if shutil.which("nginx") is None:
@@ -179,15 +191,8 @@ def main() -> None:
         if args.gatherer == "nginx":
             gatherer, url = start_nginx(Path(tmp) / "nginx")
         else:
-            gatherer = subprocess.Popen(
-                [sys.executable, "-m", "tests.gatherer", "--no-record"],
-                cwd=ROOT, stdout=subprocess.PIPE, text=True,
-            )
-            assert gatherer.stdout is not None
-            url = gatherer.stdout.readline().strip()
+            gatherer, url = start_test_gatherer()
         try:
-            if not url.startswith("http://127.0.0.1:"):
-                raise SystemExit(f"gatherer did not start: {url!r}")
             cfg = make_config(server.url, url, args.concurrency, args.batch_size)
             r = server.client()
             log = Path(tmp) / "access.log"

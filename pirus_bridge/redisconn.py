@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -34,6 +35,8 @@ def connect(cfg: RedisConfig, *, check: bool = True) -> redis.Redis:
     if cfg.url is None:
         return _embedded(cfg)
     AVAILABILITY.url = redact(cfg.url)
+    if cfg.cluster:
+        return _cluster(cfg, cfg.url)
     client = redis.Redis.from_url(
         cfg.url,
         socket_timeout=cfg.socket_timeout_s,
@@ -49,6 +52,33 @@ def connect(cfg: RedisConfig, *, check: bool = True) -> redis.Redis:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             raise RedisUnavailable(redact(cfg.url), _reason(e)) from e
     return client
+
+
+def _cluster(cfg: RedisConfig, url: str) -> redis.Redis:
+    """A Redis Cluster client. It reads the slot map from the node ``url`` names as it is made,
+    so it is always checked. Redirections (MOVED, ASK) are followed; a command whose node
+    failed is not sent again (:data:`NO_RETRY`)."""
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
+
+    try:
+        client = RedisCluster.from_url(
+            url,
+            socket_timeout=cfg.socket_timeout_s,
+            socket_connect_timeout=min(cfg.socket_timeout_s, 5.0),
+            health_check_interval=30,
+            retry=NO_RETRY,
+        )
+    except redis.AuthenticationError as e:
+        raise RedisUnavailable(redact(url), f"authentication failed ({e})") from e
+    except (RedisClusterException, redis.RedisError, OSError) as e:
+        if "not enabled" in str(e) or "cluster support disabled" in str(e):
+            raise RedisUnavailable(redact(url), "not a cluster node (redis.cluster is true: "
+                                   "set it to false for a single server)") from e
+        raise RedisUnavailable(redact(url), _reason(e)) from e
+    # RedisCluster answers redis.Redis's commands (each command, script or transaction on the
+    # keys of one slot); the type checker knows it by that interface.
+    return cast(redis.Redis, client)
 
 
 def _reason(e: Exception) -> str:

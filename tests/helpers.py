@@ -19,12 +19,20 @@ ROBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html
 
 def make_config(redis_url: str | None, **sections: Any) -> Config:
     """A valid config for the shipped EPrints mapping; ``sections`` replace or add sections."""
+    return parse_config(config_data({"url": redis_url} if redis_url else None, **sections),
+                        base=ROOT)
+
+
+def config_data(redis_section: dict[str, Any] | None, *,
+                mapping: str = "mappings/eprints3.yaml", **sections: Any) -> dict[str, Any]:
+    """The raw config behind :func:`make_config`: ``sections`` replace or add sections, a
+    ``counting`` section is merged with the default one."""
     data: dict[str, Any] = {
-        "redis": {"url": redis_url} if redis_url else None,
+        "redis": redis_section,
         "repository": {
             "host": "eprints.example.ac.uk",
             "base_url": "https://eprints.example.ac.uk",
-            "mapping": "mappings/eprints3.yaml",
+            "mapping": mapping,
         },
         "counting": {"salt": "test-salt", "batch_size": 50},
     }
@@ -33,8 +41,7 @@ def make_config(redis_url: str | None, **sections: Any) -> Config:
             data[name] = {**data[name], **value}
         else:
             data[name] = value
-    data = {k: v for k, v in data.items() if v is not None}
-    return parse_config(data, base=ROOT)
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def clf(

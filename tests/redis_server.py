@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -33,13 +34,19 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process with its own data folder; can be stopped, killed and restarted."""
+    """One redis-server process with its own data folder; can be stopped, killed and restarted.
 
-    def __init__(self, workdir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
+    ``binary`` overrides :func:`find_redis_server`; ``extra_args`` are added to the command line
+    (a Cluster node's options, for instance)."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = True, port: int | None = None,
+                 binary: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.binary = binary
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +55,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "--port",
             str(self.port),
             "--bind",
@@ -65,6 +72,7 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
@@ -96,3 +104,35 @@ class RedisServer:
     def restart(self) -> RedisServer:
         self.stop()
         return self.start()
+
+    def use_aof(self) -> None:
+        """Switch the running server to an append-only file fsynced on every write, and wait
+        until the file holds all its data (the rewrite that starts it is done): from then on a
+        :meth:`kill` loses nothing and :meth:`start` reloads it all."""
+        c = self.client()
+        try:
+            c.config_set("appendfsync", "always")
+            c.config_set("appendonly", "yes")
+            deadline = time.monotonic() + 30
+            while True:
+                p = c.info("persistence")
+                if (int(p["aof_enabled"]) and not int(p["aof_rewrite_in_progress"])
+                        and not int(p["aof_rewrite_scheduled"])):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port}: the AOF rewrite "
+                                       "did not finish")
+                time.sleep(0.02)
+        finally:
+            c.close()
+        self.appendonly = True  # restarts read the file
+
+    def no_aof(self) -> None:
+        """Back to no persistence (when running; later starts too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            c = self.client()
+            try:
+                c.config_set("appendonly", "no")
+            finally:
+                c.close()
+        self.appendonly = False

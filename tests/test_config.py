@@ -122,3 +122,30 @@ def test_config_is_loaded_safely(tmp_path: Path) -> None:
 def test_config_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("redis_section", "expected"),
+    [
+        ({"cluster": True}, "embedded Redis cannot be a cluster"),
+        ({"cluster": True, "url": "unix:///run/redis.sock"}, "reached over TCP"),
+        ({"cluster": True, "url": "redis://127.0.0.1:7000/2"}, "database 0 only"),
+        ({"cluster": "yes", "url": "redis://127.0.0.1:7000/0"}, "must be true or false"),
+    ],
+)
+def test_config_redis_cluster_needs_a_node_url(redis_section: dict, expected: str) -> None:
+    problems = problems_of({**GOOD, "redis": redis_section})
+    assert list(problems) == ["redis.cluster"]
+    assert expected in problems["redis.cluster"]
+
+
+def test_config_redis_cluster_names_any_node() -> None:
+    cfg = parse_config({**GOOD, "redis": {"url": "redis://10.0.0.5:7001", "cluster": True}},
+                       base=ROOT)
+    assert cfg.redis.cluster and cfg.redis.url == "redis://10.0.0.5:7001"
+    assert not parse_config(GOOD, base=ROOT).redis.cluster
+
+
+def test_config_bad_url_with_cluster_is_one_problem() -> None:
+    problems = problems_of({**GOOD, "redis": {"url": "http://x:1/", "cluster": True}})
+    assert list(problems) == ["redis.url"]

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from pirus_bridge.loghandler import RedisLogHandler
-from pirus_bridge.queues import ReliableQueue
+from pirus_bridge.queues import ReliableQueue, registered_workers
 from tests.helpers import ROBOT, clf, wait_until
 from tests.live_support import (
     QUEUES,
@@ -161,8 +161,7 @@ def test_two_counters_count_like_one(
     config = write_config(tmp_path, redis_url, batch_size=50)
     # Both counters wait on q:count before any event arrives, so each gets a share.
     counters = [start(procs, config, "counter") for _ in range(2)]
-    assert wait_until(lambda: len(list(r.scan_iter(match="q:alive:q:count:*"))) == 2,
-                      timeout=30)
+    assert wait_until(lambda: len(registered_workers(r, "q:count")) == 2, timeout=30)
     workers = [start(procs, config, "classifier"), *counters, start(procs, config, "logger")]
     r.lpush("q:loglines", *lines)
     assert wait_until(lambda: pipeline_settled(r, len(lines)), timeout=30)

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -43,10 +44,14 @@ class App:
         cfg = self.config.redis
         if cfg.url is None or "redis" in self.__dict__:
             return self.redis
-        client = connect(cfg, check=False)
+        # A cluster client reads the slot map as it is made: wait for the named node first.
+        client = connect(replace(cfg, cluster=False), check=False)
         if not wait_for(client, url=cfg.url, stop=stop):
             client.close()
             raise PirusBridgeError(f"stopped while waiting for Redis at {redact_url(cfg.url)}")
+        if cfg.cluster:
+            client.close()
+            client = connect(cfg)
         self.__dict__["redis"] = client
         return client
 
