@@ -62,6 +62,21 @@ def tail_digest(texts: Sequence[str]) -> str:
     return _digest("\n".join(texts[-TAIL_LINES:]).encode("utf-8", "surrogatepass"))
 
 
+def _dead_here(holder: str) -> bool:
+    """Is the lease ``holder`` (``host:pid:token``) a process of this host that has ended?"""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def first_line_identity(head: bytes) -> str:
     """The stream key: the hash of the first line (of at most 4 KiB) of the content."""
     end = head.find(b"\n")
@@ -90,13 +105,15 @@ class FileCheckpoint:
         told = False
         while not r.set(self.lock_key, self._token, nx=True, ex=LEASE_S):
             holder = r.get(self.lock_key)
+            if holder is not None and _dead_here(text(holder)):
+                # its run was killed on this host: the lease is stale, nothing holds it
+                if r.get(self.lock_key) == holder:
+                    r.delete(self.lock_key)
+                continue
             if holder is not None and not told and waiting is not None:
                 waiting(text(holder))
                 told = True
             sleep(0.2)
-
-    def renew(self, pipe: redis.client.Pipeline) -> None:
-        pipe.expire(self.lock_key, LEASE_S)
 
     def release(self, r: redis.Redis) -> None:
         if r.get(self.lock_key) == self._token.encode():
@@ -140,6 +157,7 @@ class FileCheckpoint:
                       self.path, int(time.time()))
         pipe.hset(self.key, self.entry_id, json.dumps(asdict(entry), separators=(",", ":")))
         pipe.expire(self.key, KEEP_DAYS * 86400)
+        pipe.expire(self.lock_key, LEASE_S)  # the lease goes on while the run commits
 
     def prune(self, r: redis.Redis) -> None:
         """Keep the most recently written :data:`MAX_ENTRIES` entries."""

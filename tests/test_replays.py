@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
@@ -154,3 +155,46 @@ def test_resume_after_a_crash_is_exact_with_a_tiny_batch(tmp_path: Path, redis_u
     s = Ingester(cfg, r).ingest(str(log))
     assert s.lines == 100 and s.investigations == s.requests == 0
     assert metrics(r) == state
+
+
+def test_a_lease_left_by_a_killed_run_on_this_host_is_taken_over(r: redis.Redis) -> None:
+    import socket
+
+    from pirus_bridge.checkpoint import FileCheckpoint
+
+    head = SAMPLE.read_bytes()[:65536]
+    checkpoint = FileCheckpoint(str(SAMPLE), head)
+    r.set(checkpoint.lock_key, f"{socket.gethostname()}:999999999:dead", ex=60)
+    told: list[str] = []
+    checkpoint.acquire(r, waiting=told.append, sleep=lambda s: pytest.fail("it waited"))
+    assert told == [] and r.get(checkpoint.lock_key) != b""
+    # a live holder elsewhere is waited for
+    other = FileCheckpoint(str(SAMPLE), head)
+    r.set(other.lock_key, "another-host:1:x", ex=60)
+    sleeps: list[float] = []
+
+    def release(s: float) -> None:
+        sleeps.append(s)
+        r.delete(other.lock_key)
+
+    other.acquire(r, waiting=told.append, sleep=release)
+    assert told == ["another-host:1:x"] and len(sleeps) == 1
+
+
+def test_a_long_run_keeps_its_lease(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    """Every commit renews the lease, so a run longer than the lease is not taken over."""
+    cfg = make_config(redis_url, counting={"salt": "replays", "batch_size": 50})
+    seen: list[int] = []
+    ingester = Ingester(cfg, r)
+    from pirus_bridge.checkpoint import LEASE_S, FileCheckpoint
+
+    key = FileCheckpoint(str(SAMPLE), SAMPLE.read_bytes()[:65536]).lock_key
+
+    def progress(done: int, total: int | None) -> None:
+        seen.append(int(r.ttl(key)))
+        r.expire(key, 5)  # as if the lease were about to run out
+
+    ingester.ingest(str(SAMPLE), progress=progress)
+    # without renewal every TTL after the first would be 5 or less (it only goes down)
+    assert len(seen) > 3 and any(t > 5 for t in seen[2:]), seen
+    assert max(seen) <= LEASE_S
