@@ -98,10 +98,10 @@ class Service:
         try:
             result = pusher.push_once()
         except redis.RedisError as e:  # Redis away: log it and try again next time
-            log.warning("push to %s skipped: Redis unavailable (%s)", pusher.g.name, e)
+            log.warning("push to %s skipped: Redis unavailable (%s)", pusher.gatherer.name, e)
             return
         if result.sent or result.retried or result.failed or result.released:
-            log.info("push %s: %s", pusher.g.name, result.to_json())
+            log.info("push %s: %s", pusher.gatherer.name, result.to_json())
 
     def maintain(self) -> None:
         now = time.time()
@@ -117,7 +117,7 @@ class Service:
     def start(self) -> None:
         for p in self.pushers:
             self.scheduler.add_job(
-                self.push, trigger_for(p.g), args=[p], id=f"push:{p.g.name}",
+                self.push, trigger_for(p.gatherer), args=[p], id=f"push:{p.gatherer.name}",
                 max_instances=1, coalesce=True, next_run_time=_now(),
             )
         self.scheduler.add_job(
