@@ -13,9 +13,11 @@ tests hold the two together.
    least ``failure_ratio`` of the last ``window`` calls were down ("failing": most, not all,
    calls fail), or when ``refusal_threshold`` calls in a row refused new messages the same way
    ("misconfigured": every 401, 403 or 404, a redirect loop, a redirect to another scheme …).
-   While it is open nothing is sent but one probe message every ``probe_interval_s``; an
+   While it is open nothing is sent but one probe message every ``probe_interval_s``. An
    accepted call closes it, and so does a refused probe of a gatherer that was only down (it
-   answers again).
+   answers again) — except while the share of failed calls in the window is still at least
+   ``failure_ratio``: then the circuit stays open ("failing") and each accepted probe is
+   followed at once by another, until that share is below it.
 3. A 429 pauses the gatherer until its ``Retry-After`` has passed.
 4. While the circuit is open a failed message is **held**: back to pending, due at the next
    probe, without using up an attempt. The backlog stays pending; the failure queue is not
@@ -145,11 +147,19 @@ def _opening(c: Circuit, s: Settings) -> tuple[str, str] | None:
                 f"every message refused the same way, {c.refusals} calls in a row: {c.refusal}")
     if c.failures >= s.failure_threshold:
         return "down", f"{c.failures} calls in a row failed (last: {c.last_failure})"
-    window = c.window
-    if len(window) >= s.window and window.count("0") >= s.failure_ratio * len(window):
-        return ("failing", f"{window.count('0')} of the last {len(window)} calls failed"
-                           f" (last: {c.last_failure})")
+    if _failing(c, s):
+        return "failing", _failing_reason(c)
     return None
+
+
+def _failing_reason(c: Circuit) -> str:
+    failed = c.window.count("0")
+    return f"{failed} of the last {len(c.window)} calls failed (last: {c.last_failure})"
+
+
+def _failing(c: Circuit, s: Settings) -> bool:
+    window = c.window
+    return len(window) >= s.window and window.count("0") >= s.failure_ratio * len(window)
 
 
 def judge(before: Circuit, calls: Sequence[Call], *, now: float, settings: Settings
@@ -164,9 +174,12 @@ def judge(before: Circuit, calls: Sequence[Call], *, now: float, settings: Setti
     for call in calls:
         seen.append(c.accepted)
         if call.fault is Fault.ACCEPTED:
-            c = replace(c, state="closed", why="", reason="", since=0.0, failures=0,
-                        refusals=0, refusal="", accepted=c.accepted + 1,
+            c = replace(c, failures=0, refusals=0, refusal="", accepted=c.accepted + 1,
                         window=(c.window + "1")[-settings.window:])
+            if c.state == "open" and _failing(c, settings):  # most calls still fail: probe on
+                c = replace(c, why="failing", reason=_failing_reason(c), next_probe=now)
+            else:
+                c = replace(c, state="closed", why="", reason="", since=0.0)
             continue
         if call.fault is Fault.SLOW_DOWN:
             c = replace(c, paused_until=max(c.paused_until, now + call.retry_after))

@@ -237,8 +237,9 @@ class Pusher:
                 pipe.hset(ckey, mapping=fields)
                 now = self.clock()
                 self._report(result, circuit, now)
-                if circuit.claim_limit(now, 2) < 2 or due_again:
-                    break  # paused, or a held message is due again at once: next pass
+                if due_again or circuit.claim_limit(now, 1) == 0 or (
+                        circuit.state == "open" and not calls[-1].accepted()):
+                    break  # paused, or what was held back would be due again at once
         finally:
             if len(pipe):  # the last batch's outcomes
                 pipe.execute()
@@ -319,9 +320,12 @@ class Pusher:
             return DeliveryError(f"internal error: {e}", retryable=True)
 
     def _bulk_in_turn(self, batch: list[Message]) -> list[_Call]:
-        """POST the batch in ``batch_size`` chunks, one after the other, building each next
-        body while the gatherer answers the one before."""
+        """POST the batch in ``batch_size`` chunks, one after the other (for Matomo in the
+        order the events happened), building each next body while the gatherer answers the
+        one before."""
         size = self.gatherer.batch_size
+        if self.profile.kind == "matomo":  # Matomo wants a visitor's actions in their order
+            batch = sorted(batch, key=lambda m: m.event.ts if m.event is not None else 0)
         chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
         calls: list[_Call] = []
         prepared = self._bulk_body(chunks[0])

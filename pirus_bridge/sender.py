@@ -146,11 +146,22 @@ def status_error(answer: Answer, now: float | None = None) -> DeliveryError | No
     return DeliveryError(reason, status=status, retryable=False, body_excerpt=excerpt(answer.body))
 
 
+def _place(url: str) -> str:
+    """A URL as an error names it: without its query (the message's own data, which would make
+    every message's error different) and without credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else f"{host}{parts.path}"
+
+
 def redirect_target(method: str, url: str, status: int, location: str) -> tuple[str, str]:
     """Where a redirect leads and with which method, or a non-retryable ``DeliveryError`` when
     following it would send the message in clear, to a non-HTTP place, or lose it."""
     target = urljoin(url, location)
-    shown = redact_url(target)
+    shown = _place(target)
     scheme, new = urlsplit(url).scheme, urlsplit(target)
     if new.scheme not in ("http", "https"):
         raise DeliveryError(f"HTTP {status} redirect to a non-HTTP location {shown}",
@@ -392,8 +403,8 @@ def _split_url(url: str) -> tuple[Origin, str | None, str]:
     target = url[prefix.end() :].partition("#")[0].removesuffix("?")
     target = target if target.startswith("/") else f"/{target}"
     if _UNSENDABLE.search(target):
-        raise DeliveryError(f"invalid gatherer URL target {scrub(target[:200])!r}: spaces,"
-                            " control or non-ASCII characters", retryable=False)
+        raise DeliveryError(f"invalid gatherer URL {_place(url)}: spaces, control or non-ASCII"
+                            " characters", retryable=False)
     return origin, auth, target
 
 
