@@ -25,7 +25,7 @@ import yaml
 
 from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import ConfigError, Problem
-from pirus_bridge.redact import redact_url, register_secret
+from pirus_bridge.redact import redact_url, register_secret, register_url_secrets
 
 DEFAULT_CONFIG_FILE = "pirus-bridge.yaml"
 PROFILES = ("irus", "pirus2-legacy", "ctx-xml", "matomo")
@@ -534,6 +534,8 @@ def _read_gatherer(name: str, s: _Section, base: Path) -> GathererConfig | None:
         site_id=s.get("site_id", _string, None),
         token=_read_token(s) if profile == "matomo" else None,
     )
+    register_url_secrets(g.url)
+    register_url_secrets(g.proxy)
     if g.req_id_form is not None and profile not in ("irus", "pirus2-legacy"):
         s.problem("req_id_form", f"the {profile} profile has no req_id field")
     if profile == "matomo":

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +50,7 @@ from pirus_bridge.contextobject import (
 )
 from pirus_bridge.events import UsageEvent
 from pirus_bridge.exceptions import DeliveryError
-from pirus_bridge.outbox import DeliveryMeta, Message, Outbox
+from pirus_bridge.outbox import Claim, DeliveryMeta, Message, Outbox
 from pirus_bridge.redact import scrub
 from pirus_bridge.sender import Exchange, Sender, status_error
 
@@ -185,21 +185,24 @@ class Pusher:
         self.limiter = RateLimiter(gatherer.rate_limit_per_s)
         self.clock = clock
         self._pool = ThreadPoolExecutor(gatherer.concurrency, f"push-{gatherer.name}")
+        self._redis = ThreadPoolExecutor(1, f"push-{gatherer.name}-redis")
         self._metadata: dict[str, dict[str, str]] = {}
         self.stopping = threading.Event()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._redis.shutdown(wait=True)
         self.sender.close()
 
     # -- the loop ----------------------------------------------------------------------------
 
     def claim_size(self) -> int:
-        """How many messages to lease at once: no more than can be worked off within 80% of the
-        lease even if every call runs into its deadline (and waits for the rate limit), so
+        """How many messages to lease at once. A batch is claimed while the one before it is
+        delivered, so it waits for that one, then is delivered itself: both within 80% of the
+        lease even if every call runs into its deadline (and waits for the rate limit). So
         another pusher never reclaims, and sends again, a message still being worked on."""
         g = self.gatherer
-        budget = 0.8 * self.cfg.outbox.lease_s
+        budget = 0.4 * self.cfg.outbox.lease_s  # this batch's half of two
         wait = 1.0 / g.rate_limit_per_s if g.rate_limit_per_s else 0.0  # per call, all threads
         if g.profile in BULK_PROFILES:  # POSTs one after the other
             posts = max(1, min(MAX_POSTS_PER_CLAIM, int(budget // (g.deadline_s + wait))))
@@ -211,40 +214,57 @@ class Pusher:
         """Deliver what is due now, batch after batch, until nothing is due (or the gatherer is
         paused, or ``max_seconds`` pass, or :attr:`stopping` is set).
 
-        Each batch costs one Redis round trip: the outcomes of a batch and the circuit are
-        queued on a pipeline and go to Redis together with the claim of the next batch.
+        Each batch costs one Redis round trip, and it is not waited for: while a batch is
+        delivered, another thread sends Redis the outcomes of the batch before it, the circuit,
+        and the claim of the next one. When the batch just delivered pauses the gatherer, the
+        next one goes back to pending unsent.
         """
         result = PushResult()
         started = self.clock()
-        ckey = self.outbox.keys["circuit"]
+        size, lease = self.claim_size(), self.cfg.outbox.lease_s
         pipe = self.r.pipeline(transaction=False)
+        ahead: Future[Claim] | None = None
         try:
-            while not self.stopping.is_set():
-                if max_seconds is not None and self.clock() - started > max_seconds:
-                    break
-                now = self.clock()
-                self.outbox.claim_on(pipe, self.claim_size(), self.cfg.outbox.lease_s, now)
-                claim = self.outbox.claimed(pipe.execute()[-1])
-                circuit = Circuit.from_fields(claim.circuit)
-                self._report(result, circuit, now)
-                batch = claim.messages
-                if not batch:
-                    break  # nothing due, or the gatherer is paused or not due for a probe
+            claim = self._claim(pipe, size, lease)
+            circuit = Circuit.from_fields(claim.circuit)
+            self._report(result, circuit, self.clock())
+            batch = claim.messages  # empty: nothing due, or paused, or no probe due yet
+            while batch:
+                probing = circuit.claim_limit(self.clock(), 2) < 2
+                if not probing:  # a probe's outcome decides whether anything follows
+                    ahead = self._redis.submit(self._claim, pipe, size, lease)
                 self._load_metadata(batch)
                 calls = self._deliver(batch)
+                following = ahead.result().messages if ahead is not None else []
+                ahead = None
                 circuit, due_again = self._settle(pipe, calls, circuit, result)
                 fields: Any = circuit.to_fields()
-                pipe.hset(ckey, mapping=fields)
+                pipe.hset(self.outbox.keys["circuit"], mapping=fields)
                 now = self.clock()
                 self._report(result, circuit, now)
-                if due_again or circuit.claim_limit(now, 1) == 0 or (
-                        circuit.state == "open" and not calls[-1].accepted()):
-                    break  # paused, or what was held back would be due again at once
+                stop = (due_again or circuit.claim_limit(now, 1) == 0
+                        or (circuit.state == "open" and not calls[-1].accepted())
+                        or self.stopping.is_set()
+                        or (max_seconds is not None and now - started > max_seconds))
+                if stop:  # paused, held back, or told to: the next batch waits, unsent
+                    self.outbox.settle_many(
+                        pipe, [(Action.RELEASE, m, m.due, None) for m in following], now=now)
+                    break
+                batch = following
+                if not batch:  # claimed ahead of this batch's outcomes (or a probe's): again
+                    batch = self._claim(pipe, size, lease).messages
         finally:
+            if ahead is not None:
+                ahead.result()
             if len(pipe):  # the last batch's outcomes
                 pipe.execute()
         self.outbox.trim_sent(self.cfg.outbox.sent_audit_days * 86400, self.clock())
         return result
+
+    def _claim(self, pipe: redis.client.Pipeline, size: int, lease: int) -> Claim:
+        """Send ``pipe`` (the outcomes queued on it) with a claim; return what was claimed."""
+        self.outbox.claim_on(pipe, size, lease, self.clock())
+        return self.outbox.claimed(pipe.execute()[-1])
 
     @staticmethod
     def _report(result: PushResult, circuit: Circuit, now: float) -> None:

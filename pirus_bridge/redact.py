@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # Query parameters whose value is a credential, whatever the URL.
@@ -31,6 +31,23 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= _MIN_SECRET:
         with _lock:
             _secrets.add(value)
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Register the password and credential query parameters a URL carries (a gatherer's or
+    a proxy's), so that :func:`scrub` hides them even where they appear outside a URL."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return
+    if password:
+        register_secret(unquote(password))
+    for name, value in parse_qsl(parts.query):
+        if name.lower() in SECRET_PARAMS:
+            register_secret(value)
 
 
 def redact_url(url: str) -> str:

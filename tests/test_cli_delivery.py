@@ -267,3 +267,28 @@ def test_cli_outbox_show_of_a_failed_message_keeps_its_history(env: Env) -> None
     shown = env.json("outbox", "show", message.id)
     assert (shown["state"], shown["attempts"], shown["last_status"]) == ("pending", 2, 502)
     assert shown["meta"]["last_error"] == "HTTP 502 Bad Gateway"
+
+
+def test_cli_show_never_prints_gatherer_credentials(redis_url: str, r: redis.Redis,
+                                                    tmp_path: Path) -> None:
+    with Gatherer() as g:
+        url = f"http://campus:s3cret-pw@127.0.0.1:{g.port}/counter/?api_key=k3y-value&x=1"
+        config = write_config_file(tmp_path / "pirus-bridge.yaml", redis_url, url,
+                                   retry={"max_attempts": 1})
+        cfg = delivery_config(redis_url, url, retry={"max_attempts": 1})
+        enqueue(cfg, r, tmp_path, 2)
+        g.script([Reply(503, body="api_key=k3y-value rejected for campus/s3cret-pw")])
+        pusher = Pusher(cfg, r, cfg.gatherers["irus"], clock=FakeClock())
+        try:
+            assert pusher.push_once().sent == 1
+        finally:
+            pusher.close()
+        assert g.requests[0].headers["Authorization"] == "Basic Y2FtcHVzOnMzY3JldC1wdw=="
+        [(failed_id, _)] = Outbox(r, "irus").ids("failed")
+        runner = CliRunner()
+        outputs = [runner.invoke(cli, ["--config", str(config), *args]).output for args in (
+            ["failed", "show", failed_id], ["failed", "show", failed_id, "--json"],
+            ["failed", "list"], ["outbox", "list", "--state", "sent"], ["outbox", "stats"])]
+    text = "\n".join(outputs)
+    assert "s3cret" not in text and "k3y-value" not in text, text
+    assert "api_key=***" in text and "campus:***@" in text

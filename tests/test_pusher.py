@@ -362,6 +362,28 @@ def test_pusher_applies_the_gatherers_field_overrides(
         assert list(q)[-2:] == ["svc_format", "x_item"]
 
 
+@pytest.mark.parametrize(
+    ("settings", "req_id", "rfr_dat"),
+    [
+        ({}, "198.18.0.{n}", ["", "https://www.example.org/search?q=x"]),
+        ({"req_id_form": "urn"}, "urn:ip:198.18.0.{n}", ["", "https://www.example.org/search?q=x"]),
+        ({"send_empty_rfr_dat": False}, "198.18.0.{n}", [None, "https://www.example.org/search?q=x"]),
+        ({"profile": "pirus2-legacy", "req_id_form": "bare"}, "198.18.0.{n}", [None, None]),
+        ({"anonymize_ip": 1}, "198.18.0.0", ["", "https://www.example.org/search?q=x"]),
+    ],
+)
+def test_pusher_req_id_form_empty_rfr_dat_and_truncated_addresses(
+    rig_factory: Any, gatherer: Gatherer, settings: dict[str, Any], req_id: str,
+    rfr_dat: list[str | None],
+) -> None:
+    rig = rig_factory(concurrency=1, **settings)
+    rig.enqueue(2)  # the first without a Referer, the second with one
+    assert rig.push()["sent"] == 2
+    by_client = sorted(gatherer.requests, key=lambda q: q.query["req_dat"])
+    assert [q.query["req_id"] for q in by_client] == [req_id.format(n=n) for n in (1, 2)]
+    assert [q.query.get("rfr_dat") for q in by_client] == rfr_dat
+
+
 def test_pusher_render_is_the_request_sent(rig_factory: Any, gatherer: Gatherer) -> None:
     rig = rig_factory()
     rig.enqueue(1)

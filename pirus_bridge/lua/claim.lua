@@ -63,7 +63,10 @@ if limit > 0 then
     end
     call_in_slices('ZREM', KEYS[1], ids)
     local bodies = call_in_slices('HMGET', KEYS[3], ids)
-    local metas = call_in_slices('HMGET', KEYS[4], ids)
+    local metas = {}  -- most messages have no delivery history: often none has
+    if redis.call('HLEN', KEYS[4]) > 0 then
+      metas = call_in_slices('HMGET', KEYS[4], ids)
+    end
     local leases = {}
     for i, id in ipairs(ids) do
       if bodies[i] then
