@@ -67,7 +67,7 @@ class Settings:
     probe_interval_s: float = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Circuit:
     """A gatherer's circuit breaker, kept in Redis (``ob:{g}:circuit``) so every pusher shares it.
 
@@ -166,41 +166,45 @@ def judge(before: Circuit, calls: Sequence[Call], *, now: float, settings: Setti
           ) -> tuple[Circuit, list[int]]:
     """Apply rules 2 and 3 to a batch's calls, in the order they were made.
 
-    Returns the circuit after them and, per call, the ``accepted`` count before it (what a
-    message it refused remembers as ``refused_seen``, rule 6).
+    Returns the circuit after them (``before`` is left as it was) and, per call, the
+    ``accepted`` count before it (what a message it refused remembers as ``refused_seen``,
+    rule 6).
     """
-    c = before
+    c = replace(before)  # one copy, changed in place: a KEV batch is a hundred calls
+    size = settings.window
     seen: list[int] = []
     for call in calls:
         seen.append(c.accepted)
-        if call.fault is Fault.ACCEPTED:
-            c = replace(c, failures=0, refusals=0, refusal="", accepted=c.accepted + 1,
-                        window=(c.window + "1")[-settings.window:])
+        fault = call.fault
+        if fault is Fault.ACCEPTED:
+            c.failures = c.refusals = 0
+            c.refusal = ""
+            c.accepted += 1
+            c.window = (c.window + "1")[-size:]
             if c.state == "open" and _failing(c, settings):  # most calls still fail: probe on
-                c = replace(c, why="failing", reason=_failing_reason(c), next_probe=now)
-            else:
-                c = replace(c, state="closed", why="", reason="", since=0.0)
+                c.why, c.reason, c.next_probe = "failing", _failing_reason(c), now
+            elif c.state != "closed":
+                c.state, c.why, c.reason, c.since = "closed", "", "", 0.0
             continue
-        if call.fault is Fault.SLOW_DOWN:
-            c = replace(c, paused_until=max(c.paused_until, now + call.retry_after))
+        if fault is Fault.SLOW_DOWN:
+            c.paused_until = max(c.paused_until, now + call.retry_after)
             continue
-        if call.fault is Fault.DOWN:
-            c = replace(c, failures=c.failures + 1, last_failure=call.reason,
-                        window=(c.window + "0")[-settings.window:])
-        elif call.fresh:  # refused: it answers, so it is not down
-            same = call.reason == c.refusal
-            c = replace(c, failures=0, refusal=call.reason,
-                        refusals=c.refusals + 1 if same else 1)
-        else:
-            c = replace(c, failures=0)
+        if fault is Fault.DOWN:
+            c.failures += 1
+            c.last_failure = call.reason
+            c.window = (c.window + "0")[-size:]
+        else:  # refused: it answers, so it is not down
+            c.failures = 0
+            if call.fresh:
+                c.refusals = c.refusals + 1 if call.reason == c.refusal else 1
+                c.refusal = call.reason
         opening = _opening(c, settings)
         if opening is None:
-            c = replace(c, state="closed", why="", reason="", since=0.0)
+            c.state, c.why, c.reason, c.since = "closed", "", "", 0.0
         else:
-            why, reason = opening
-            c = replace(c, state="open", why=why, reason=reason,
-                        since=c.since if c.state == "open" else now,
-                        next_probe=now + settings.probe_interval_s)
+            c.since = c.since if c.state == "open" else now
+            c.state, (c.why, c.reason) = "open", opening
+            c.next_probe = now + settings.probe_interval_s
     return c, seen
 
 

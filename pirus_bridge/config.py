@@ -122,7 +122,7 @@ class GathererConfig:
     deadline_s: float = 30.0  # the most one exchange may take in all; shorter than the lease
     rate_limit_per_s: float = 0.0  # 0 = unlimited
     concurrency: int = 4
-    batch_size: int = 500  # messages claimed at once; for ctx-xml and matomo: events per POST
+    batch_size: int = 100  # messages claimed at once; for ctx-xml and matomo: events per POST
     send_from: dt.date | None = None
     interval_s: int = 300
     cron: str | None = None
@@ -504,7 +504,6 @@ def _read_gatherer(name: str, s: _Section, base: Path) -> GathererConfig | None:
     tls_s.finish()
     fields = _read_fields(s.section("fields"))
     profile = s.get("profile", _choice(PROFILES), "irus")
-    bulk = profile in BULK_PROFILES
     connect_timeout = s.get("connect_timeout_s", _number(0.01), 10.0)
     read_timeout = s.get("read_timeout_s", _number(0.01), 20.0)
     g = GathererConfig(
@@ -518,7 +517,7 @@ def _read_gatherer(name: str, s: _Section, base: Path) -> GathererConfig | None:
         deadline_s=s.get("deadline_s", _number(0.01), 30.0),
         rate_limit_per_s=s.get("rate_limit_per_s", _number(0), 0.0),
         concurrency=s.get("concurrency", _integer(1, 64), 4),
-        batch_size=s.get("batch_size", _integer(1, 100000), 100 if bulk else 500),
+        batch_size=s.get("batch_size", _integer(1, 100000), 100),
         send_from=s.get("send_from", _date, None),
         interval_s=s.get("interval_s", _integer(1), 300),
         cron=s.get("cron", _string, None),

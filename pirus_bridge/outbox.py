@@ -178,6 +178,7 @@ class Message:
     meta: DeliveryMeta = field(default_factory=DeliveryMeta)
     due: float = 0.0
     queued: float | None = None  # the body's enqueue time, when it has one
+    lease_end: float = 0.0  # when the claim's lease ends (set by the pusher that claimed it)
 
     @classmethod
     def parse(cls, gatherer: str, msg_id: str, body: bytes | str | None,

@@ -10,8 +10,9 @@ A *call* is one exchange with the gatherer: one KEV request per message (``irus`
 ``pirus2-legacy``), or one POST of up to ``batch_size`` messages (``ctx-xml``: a
 ``<context-objects>`` document, all or nothing; ``matomo``: a bulk tracking request, where the
 answer says which were recorded). POSTs go one after the other, in the order of the messages;
-KEV requests go ``concurrency`` at a time, or, at concurrency 1, one after the other with the
-next one rendered while the gatherer answers.
+KEV requests go ``concurrency`` at a time, on as many lanes (one thread and connection each),
+each lane sending its messages one after the other with the next one rendered while the
+gatherer answers.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ from pirus_bridge.sender import Exchange, Sender, status_error
 log = logging.getLogger(__name__)
 
 XML_CONTENT_TYPE = "application/xml; charset=utf-8"
-MAX_POSTS_PER_CLAIM = 10  # bulk profiles: what one crash can leave to be sent twice
+MAX_POSTS_PER_CLAIM = 5  # bulk profiles: what one crash can leave to be sent twice
+LEASE_MARGIN = 0.2  # of the lease: what is left of it, at least, when an exchange must end
 
 
 class RetryPolicy:
@@ -163,6 +165,14 @@ def _local(message: Message, reason: str, *, retryable: bool) -> _Call:
     return _Call([message], [DeliveryError(reason, retryable=retryable)], local=True)
 
 
+_ACCEPTED = Call(Fault.ACCEPTED)
+
+
+def _unsent(message: Message) -> _Call:
+    """A message not sent for want of lease time: back to pending, as it is."""
+    return _Call([message], [NOT_PROCESSED], local=True)
+
+
 class Pusher:
     """Delivers one gatherer's due messages."""
 
@@ -197,18 +207,17 @@ class Pusher:
     # -- the loop ----------------------------------------------------------------------------
 
     def claim_size(self) -> int:
-        """How many messages to lease at once. A batch is claimed while the one before it is
-        delivered, so it waits for that one, then is delivered itself: both within 80% of the
-        lease even if every call runs into its deadline (and waits for the rate limit). So
-        another pusher never reclaims, and sends again, a message still being worked on."""
+        """How many messages to lease at once: ``batch_size`` (for bulk profiles, that many
+        POSTs' worth). What a crash can leave to be sent twice is bounded by it; that a slow
+        gatherer never keeps a message past its lease is :meth:`_in_time`'s part."""
         g = self.gatherer
-        budget = 0.4 * self.cfg.outbox.lease_s  # this batch's half of two
-        wait = 1.0 / g.rate_limit_per_s if g.rate_limit_per_s else 0.0  # per call, all threads
-        if g.profile in BULK_PROFILES:  # POSTs one after the other
-            posts = max(1, min(MAX_POSTS_PER_CLAIM, int(budget // (g.deadline_s + wait))))
-            return posts * g.batch_size
-        per_message = g.deadline_s / g.concurrency + wait  # concurrency calls at a time
-        return max(1, min(g.batch_size, int(budget // per_message)))
+        return g.batch_size * (MAX_POSTS_PER_CLAIM if g.profile in BULK_PROFILES else 1)
+
+    def _in_time(self, message: Message) -> bool:
+        """May an exchange for ``message`` start now? Only if it ends — deadline and all — well
+        before the message's lease does, when another pusher may claim it and send it again."""
+        margin = self.gatherer.deadline_s + LEASE_MARGIN * self.cfg.outbox.lease_s
+        return not message.lease_end or self.clock() + margin <= message.lease_end
 
     def push_once(self, max_seconds: float | None = None) -> PushResult:
         """Deliver what is due now, batch after batch, until nothing is due (or the gatherer is
@@ -263,8 +272,12 @@ class Pusher:
 
     def _claim(self, pipe: redis.client.Pipeline, size: int, lease: int) -> Claim:
         """Send ``pipe`` (the outcomes queued on it) with a claim; return what was claimed."""
-        self.outbox.claim_on(pipe, size, lease, self.clock())
-        return self.outbox.claimed(pipe.execute()[-1])
+        now = self.clock()
+        self.outbox.claim_on(pipe, size, lease, now)
+        claim = self.outbox.claimed(pipe.execute()[-1])
+        for message in claim.messages:
+            message.lease_end = now + lease
+        return claim
 
     @staticmethod
     def _report(result: PushResult, circuit: Circuit, now: float) -> None:
@@ -275,12 +288,18 @@ class Pusher:
     # -- calls -------------------------------------------------------------------------------
 
     def _deliver(self, batch: list[Message]) -> list[_Call]:
-        """Send a batch; the calls made, in the order they were made."""
+        """Send a batch; the calls made, in the order of the batch."""
         if self.profile.kind != "kev":
             return self._bulk_in_turn(batch)
-        if len(batch) == 1 or self.gatherer.concurrency == 1:
+        lanes = min(self.gatherer.concurrency, len(batch))
+        if lanes == 1:
             return self._kev_in_turn(batch)
-        return list(self._pool.map(self._kev_one, batch))
+        # One lane per connection, each sent in turn: message i goes in lane i % lanes.
+        calls: list[_Call] = [None] * len(batch)  # type: ignore[list-item]
+        done = self._pool.map(self._kev_in_turn, [batch[i::lanes] for i in range(lanes)])
+        for lane, lane_calls in enumerate(done):
+            calls[lane::lanes] = lane_calls
+        return calls
 
     def _kev_in_turn(self, batch: list[Message]) -> list[_Call]:
         """Send the messages one after the other, rendering each next one while the gatherer
@@ -289,19 +308,15 @@ class Pusher:
         calls: list[_Call] = []
         url = self._url_of(batch[0])
         for i, message in enumerate(batch):
+            if not self._in_time(message):
+                calls += [_unsent(m) for m in batch[i:]]
+                break
             started = url if isinstance(url, _Call) else self._start(url)
             if i + 1 < len(batch):
                 url = self._url_of(batch[i + 1])
             calls.append(started if isinstance(started, _Call)
                          else _Call([message], [self._finish(started)]))
         return calls
-
-    def _kev_one(self, message: Message) -> _Call:
-        url = self._url_of(message)
-        if isinstance(url, _Call):
-            return url
-        started = self._start(url)
-        return _Call([message], [self._finish(started)])
 
     def _url_of(self, message: Message) -> str | _Call:
         """The request URL of a message, or the local call saying why it cannot be sent."""
@@ -353,6 +368,9 @@ class Pusher:
             messages, body, broken = prepared
             calls += broken
             started: Exchange | DeliveryError | None = None
+            if messages and not self._in_time(messages[0]):
+                calls += [_unsent(m) for m in messages]
+                messages = []
             if messages:
                 content = XML_CONTENT_TYPE if self.profile.kind == "xml" else matomo.CONTENT_TYPE
                 started = self._start(self.gatherer.url, body, content)
@@ -536,9 +554,11 @@ class Pusher:
         return Fate(Action.RETRY, now + self.policy.delay(attempts), attempts)
 
     def _call_for_circuit(self, call: _Call) -> Call:
+        if call.outcomes[0] is None:  # the usual case, first
+            return _ACCEPTED
         error = call.error()
         if call.accepted() or error is None:
-            return Call(Fault.ACCEPTED)
+            return _ACCEPTED
         fault = fault_of(error)
         retry_after = 0.0
         if fault is Fault.SLOW_DOWN:

@@ -65,6 +65,7 @@ MAX_REDIRECTS = 5
 BODY_EXCERPT_CHARS = 300
 MAX_BODY_BYTES = 64 * 1024  # kept of an answer's body (a Matomo bulk answer is far smaller)
 MAX_DRAIN_BYTES = 1024 * 1024  # a longer body is not read to its end: the connection is closed
+RECENTLY_USED_S = 1.0  # a connection idle for less is reused without a look
 DIRECT = "none"  # a gatherer's ``proxy: none``: connect directly whatever the environment says
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _UNSENDABLE = re.compile(r"[^\x21-\x7e]")  # spaces, controls, non-ASCII in a request target
@@ -81,7 +82,7 @@ class Answer:
 
     status: int
     reason: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] | http.client.HTTPMessage  # .get() ignores the case of names
     body: bytes
 
 
@@ -269,7 +270,7 @@ class _DeadlineReader(io.RawIOBase):
     the read timeout and by what is left of the exchange's deadline."""
 
     def __init__(self, sock: socket.socket, conn: _Bounded) -> None:
-        self._sock = sock
+        self.sock = sock
         self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's
         self._conn = conn
 
@@ -282,10 +283,7 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int | None:
         conn = self._conn
-        left = conn.deadline - time.monotonic()
-        if left <= 0:
-            raise _DeadlinePassed
-        self._sock.settimeout(min(conn.read_timeout, left))
+        conn.limit(self.sock)
         try:
             return self._raw.readinto(buffer)
         except TimeoutError:
@@ -298,12 +296,16 @@ class _DeadlinePassed(TimeoutError):
     """The exchange's overall deadline passed (not one read's timeout)."""
 
 
-class _Response(http.client.HTTPResponse):
-    def __init__(self, sock: socket.socket, conn: _Bounded, debuglevel: int = 0,
-                 method: str | None = None, url: str | None = None) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        self.fp.close()  # the socket file http.client made; ours bounds every read
-        self.fp = io.BufferedReader(_DeadlineReader(sock, conn))
+class _Source:
+    """What ``http.client.HTTPResponse`` takes for a socket: it only asks it for a file."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: _DeadlineReader) -> None:
+        self._raw = raw
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self._raw)
 
 
 class _Bounded:
@@ -311,12 +313,31 @@ class _Bounded:
 
     deadline = float("inf")  # time.monotonic() by which the exchange must end
     read_timeout = 20.0
+    _timed: tuple[socket.socket | None, float] = (None, 0.0)  # a socket and its timeout
+
+    def limit(self, sock: socket.socket) -> None:
+        """Give ``sock`` the timeout its next send or read may take: the read timeout, or what
+        is left of the deadline when that is less. (Set only when it changes: each setting is
+        a system call, and most exchanges never come near their deadline.)"""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed
+        timeout = min(self.read_timeout, left)
+        if self._timed != (sock, timeout):
+            sock.settimeout(timeout)
+            self._timed = (sock, timeout)
 
     def bound(self) -> None:
-        """Read every answer on this connection (a proxy's CONNECT answer too) through
-        :class:`_Response`."""
-        reader: Any = functools.partial(_Response, conn=self)
+        """Read every answer on this connection (a proxy's CONNECT answer too) under the
+        deadline."""
+        reader: Any = self._response
         self.response_class = reader
+
+    def _response(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                  url: str | None = None) -> http.client.HTTPResponse:
+        raw = _DeadlineReader(sock, self)
+        return http.client.HTTPResponse(_Source(raw), debuglevel,  # type: ignore[arg-type]
+                                        method=method, url=url)
 
 
 class _HTTP(_Bounded, http.client.HTTPConnection):
@@ -331,22 +352,28 @@ class _Connection:
     """A pooled connection, how many answers it carried, and whether it speaks to a proxy in
     absolute form (plain HTTP through a proxy)."""
 
-    __slots__ = ("http", "exchanges", "via_proxy")
+    __slots__ = ("http", "exchanges", "via_proxy", "idle_since")
 
     def __init__(self, conn: _HTTP | _HTTPS, via_proxy: Proxy | None) -> None:
         self.http = conn
         self.exchanges = 0
         self.via_proxy = via_proxy
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.http.close()
 
     def is_dropped(self) -> bool:
         """True when an idle connection cannot carry another exchange: closed by the peer, or
-        with unasked bytes waiting (some servers send a 408 before closing an idle one)."""
+        with unasked bytes waiting (some servers send a 408 before closing an idle one).
+        Servers close idle connections after seconds, not at once: one idle for less than a
+        second is not looked at (and should it be closed after all, the request goes once
+        more on a new connection)."""
         sock = self.http.sock
         if sock is None:
             return True
+        if time.monotonic() - self.idle_since < RECENTLY_USED_S:
+            return False
         try:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return True
@@ -582,7 +609,7 @@ class Sender:
         h = conn.http
         h.deadline = deadline
         if h.sock is not None:
-            h.sock.settimeout(max(0.001, min(self.read_timeout, deadline - time.monotonic())))
+            h.limit(h.sock)
         if conn.via_proxy is not None:  # plain HTTP through a proxy: the absolute form
             target = f"{origin[0]}://{_host_header(origin)}{target}"
         h.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
@@ -678,6 +705,7 @@ class Sender:
         return self._connect(origin, deadline)
 
     def _checkin(self, origin: Origin, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if not self._closed and len(idle) < self.concurrency:
@@ -743,7 +771,7 @@ def _read_answer(response: http.client.HTTPResponse) -> tuple[Answer, bool | Non
     status = response.status
     if status < 200:  # http.client skips 100 Continue; another 1xx is not a final answer
         raise http.client.HTTPException(f"unexpected interim answer {status}")
-    headers = {k.lower(): v for k, v in response.getheaders()}
+    headers = response.msg
     if response.length is not None and response.length <= MAX_DRAIN_BYTES:
         body = response.read()  # IncompleteRead when the answer is cut short
     else:  # chunked, up to the close, or too long to be worth reading to its end

@@ -70,7 +70,7 @@ def test_config_gatherer_transport_and_form_settings(tmp_path: Path) -> None:
     default = parse_config(GOOD, base=ROOT).gatherers["irus"]
     assert (default.proxy, default.tls.ca_file, default.deadline_s, default.req_id_form,
             default.send_empty_rfr_dat, default.anonymize_ip, default.batch_size) == (
-        None, None, 30.0, None, True, 0, 500)
+        None, None, 30.0, None, True, 0, 100)
 
 
 def test_config_gatherer_transport_problems() -> None:

@@ -623,3 +623,27 @@ def test_pusher_obeys_a_circuit_opened_by_another_pusher(
     assert rig.push()["sent"] == 0
     clock.advance(31)
     assert rig.push()["sent"] == 2
+
+
+def test_pusher_starts_no_exchange_its_lease_could_not_cover(
+    rig_factory: Any, gatherer: Gatherer, clock: FakeClock
+) -> None:
+    """A slow gatherer (here: the clock moves 3 s per look) must not keep a message past its
+    lease, when another pusher may claim it: what is left when an exchange would end too
+    close to the lease's end goes back to pending, unsent and with no attempt used."""
+    rig = rig_factory(concurrency=1, lease_s=20, deadline_s=2.0)
+    rig.enqueue(10)
+    started = clock()
+    rig.pusher.clock = lambda: clock.advance(3)  # each look at the clock: 3 s later
+    first = rig.pusher.push_once(max_seconds=1)  # one batch, then the pass ends
+    # Claimed at +3, lease until +23; an exchange may start while now + 2 + 4 <= +23.
+    sent_at = [q.time for q in gatherer.requests]
+    assert first.sent == len(sent_at) and 0 < first.sent < 10
+    assert first.released >= 1 and first.failed == first.retried == 0
+    pending = rig.box.messages(i for i, _ in rig.box.ids("pending"))
+    assert len(pending) + first.sent == 10
+    assert all(m.meta.attempts == 0 and m.meta.last_attempt is None for m in pending.values())
+    assert clock() > started
+    rig.pusher.clock = clock
+    assert rig.push()["sent"] == len(pending)  # a new claim, a new lease: the rest goes
+    assert delivered_once(gatherer, 10)
