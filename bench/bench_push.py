@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import http.client
 import os
 import pstats
 import shutil
@@ -39,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import requests  # noqa: E402
 
+from bench.bench_sender import http_client_loop  # noqa: E402
 from pirus_bridge.config import Config, parse_config  # noqa: E402
 from pirus_bridge.ingest import Ingester  # noqa: E402
 from pirus_bridge.outbox import Outbox  # noqa: E402
 from pirus_bridge.pusher import Pusher  # noqa: E402
-from pirus_bridge.sender import USER_AGENT  # noqa: E402
 from tests.matomo_endpoint import TOKEN  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -145,20 +143,9 @@ def time_push(cfg: Config, r: redis.Redis, n: int, profile: bool,
 
 def time_bare(urls: list[str]) -> float:
     """The reference: ``http.client`` (the Sender's library) on one kept-alive connection,
-    GET with the Sender's headers, read the answer, check for 2xx."""
-    parts = urlsplit(urls[0])
-    headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    GET with the Sender's headers, read the answer, check for 2xx (bench_sender's loop)."""
     started = time.perf_counter()
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=20)
-    try:
-        for url in urls:
-            conn.request("GET", url[url.index("/", len("http://")):], headers=headers)
-            response = conn.getresponse()
-            response.read()
-            if not 200 <= response.status < 300:
-                raise RuntimeError(f"unexpected status {response.status}")
-    finally:
-        conn.close()
+    http_client_loop(urls)
     return time.perf_counter() - started
 
 

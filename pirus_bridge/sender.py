@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urljoin, urlsplit
 
 from pirus_bridge import __version__
 from pirus_bridge.exceptions import DeliveryError
@@ -199,21 +199,27 @@ class Proxy:
         """Read ``http://[user:password@]host[:port]``; raise a non-retryable error for any
         other form (an https:// or socks:// proxy is not spoken)."""
         text = url if "://" in url else f"http://{url}"  # HTTPS_PROXY=proxy:3128 is common
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as e:
-            raise DeliveryError(f"invalid proxy URL {redact_url(url)}: {e}",
-                                retryable=False) from e
+        parts, port, auth = _authority(text, "proxy URL")
         if parts.scheme != "http" or not parts.hostname:
             raise DeliveryError(f"proxy {redact_url(url)} is not supported: give an http:// proxy"
                                 " (the tunnel to an https gatherer is encrypted end to end)",
                                 retryable=False)
-        auth = None
-        if parts.username is not None:
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
         return cls(parts.hostname, port or 80, auth)
+
+
+def _authority(url: str, what: str) -> tuple[SplitResult, int | None, str | None]:
+    """A URL's parts, its port, and the Basic ``Authorization`` its ``user:password@`` gives;
+    a non-retryable error naming ``what`` when it cannot be read."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise DeliveryError(f"invalid {what} {redact_url(url)}: {e}", retryable=False) from e
+    auth = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return parts, port, auth
 
 
 def proxy_for(origin: Origin, configured: str | None, environment: Mapping[str, str]
@@ -398,19 +404,10 @@ def _host_header(origin: Origin) -> str:
 def _origin(prefix: str) -> tuple[Origin, str | None]:
     """The origin of a URL's ``scheme://authority`` part, and the ``Authorization`` its
     ``user:password@`` gives."""
-    try:
-        parts = urlsplit(prefix)
-        port = parts.port
-    except ValueError as e:
-        raise DeliveryError(f"invalid gatherer URL {redact_url(prefix)}: {e}",
-                            retryable=False) from e
+    parts, port, auth = _authority(prefix, "gatherer URL")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryError(f"invalid gatherer URL {redact_url(prefix)}: not http(s)",
                             retryable=False)
-    auth = None
-    if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
     default = 443 if parts.scheme == "https" else 80
     return (parts.scheme, parts.hostname, port or default), auth
 

@@ -278,24 +278,6 @@ def test_outbox_retry_entries_of_messages_gone_another_way_are_dropped(
     assert r.zcard(box.keys["retry"]) == 0
 
 
-def test_outbox_audit_record_of_sent_messages_without_identity(
-    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
-) -> None:
-    enqueue(cfg, r, tmp_path, 2)
-    t0 = later()
-    first, second = box.claim(2, 60, now=t0)
-    settle(box, "sent", first, t0)
-    settle(box, "sent", second, t0 + 500)
-    audit = box.audit([first.id, second.id, "unknown"])
-    assert set(audit) == {first.id, second.id}
-    assert first.event is not None
-    assert audit[first.id] == {"i": first.event.item, "o": first.event.oai_identifier,
-                               "m": "R", "t": first.event.ts}
-    assert first.event.ip not in json.dumps(audit) and "Mozilla" not in json.dumps(audit)
-    assert box.trim_sent(1000, now=t0 + 1200) == 1  # the audit period ends for the first
-    assert set(box.audit([first.id, second.id])) == {second.id}
-
-
 def test_outbox_stats_show_a_pause_and_its_reason(r: redis.Redis, box: Outbox) -> None:
     set_circuit(r, "irus", Circuit(state="open", why="misconfigured",
                                    reason="every message refused: HTTP 401", next_probe=160.0))
@@ -337,17 +319,26 @@ def test_outbox_revive_and_purge_failed_messages(
     assert box.stats(t0)["failed"] == 1
 
 
-def test_outbox_trim_sent_keeps_the_monthly_counts(
+def test_outbox_sent_messages_keep_an_audit_record_for_the_audit_period(
     cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
 ) -> None:
+    """What was delivered stays auditable (item, OAI identifier, metric, event time; no
+    identity) as long as its id stays in ``sent``; trimming keeps the monthly counts."""
     enqueue(cfg, r, tmp_path, 2)
     t0 = later()
     first, second = box.claim(2, 60, now=t0)
     settle(box, "sent", first, t0)
     settle(box, "sent", second, t0 + 500)
+    audit = box.audit([first.id, second.id, "unknown"])
+    assert set(audit) == {first.id, second.id}
+    assert first.event is not None
+    assert audit[first.id] == {"i": first.event.item, "o": first.event.oai_identifier,
+                               "m": "R", "t": first.event.ts}
+    assert first.event.ip not in json.dumps(audit) and "Mozilla" not in json.dumps(audit)
     assert box.trim_sent(1000, now=t0 + 900) == 0
     assert box.trim_sent(1000, now=t0 + 1200) == 1
     assert [i for i, _ in box.ids("sent")] == [second.id]
+    assert set(box.audit([first.id, second.id])) == {second.id}
     assert box.month_counts(MONTH)["sent"] == 2
     assert box.stats(t0)["sent"] == 2
 
