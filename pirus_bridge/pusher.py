@@ -346,8 +346,7 @@ class Pusher:
         if isinstance(started, DeliveryError):
             return started
         try:
-            started.result()
-            return None
+            return started.error()
         except DeliveryError as e:
             return e
         except Exception as e:  # as in _url_of: record it, never lose the message

@@ -466,8 +466,10 @@ class Exchange:
         seen = {url}
         for hop in range(MAX_REDIRECTS + 1):
             answer = sender._read(method, self._deadline, *wire, self._replay(method, url))
+            if answer.status not in REDIRECTS:
+                return answer
             location = answer.headers.get("location")
-            if answer.status not in REDIRECTS or not location:
+            if not location:
                 return answer
             url, method = redirect_target(method, url, answer.status, location)
             if hop == MAX_REDIRECTS or url in seen:
@@ -485,6 +487,11 @@ class Exchange:
         if error is not None:
             raise error
         return DeliveryResult(answer.status, time.perf_counter() - self._started, answer.body)
+
+    def error(self) -> DeliveryError | None:
+        """Wait for the answer; ``None`` on any 2xx, else what :meth:`result` would raise
+        (transport failures are raised)."""
+        return status_error(self.answer())
 
     def _replay(self, method: str, url: str) -> tuple[str, str, bytes | None, str | None]:
         body = self._body if method == "POST" else None
