@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+# The environment variables that choose a proxy; tests start without any of them.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY",
+                   "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
 
 @dataclass(frozen=True)
 class Seen:

@@ -32,8 +32,7 @@ from tests.delivery_support import (
     write_config_file,
 )
 from tests.gatherer import Gatherer, Reply
-from tests.proxy import Proxy
-from tests.test_transport import PROXY_VARIABLES
+from tests.proxy import PROXY_VARIABLES, Proxy
 from tests.tls import Authority, ServerCert, issue, make_authority
 
 N = 30

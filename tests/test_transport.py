@@ -16,12 +16,11 @@ import pytest
 from pirus_bridge.exceptions import DeliveryError
 from pirus_bridge.sender import Proxy, Sender, bypasses, proxy_for, redirect_target
 from tests.gatherer import Gatherer, Reply
+from tests.proxy import PROXY_VARIABLES
 from tests.proxy import Proxy as ProxyServer
 from tests.tls import Authority, ServerCert, issue, make_authority
 
 QUERY = "url_ver=Z39.88-2004&req_id=192.0.2.7&rft.artnum=oai%3Ax%3A1&rft_dat=Request"
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY",
-                   "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
 @pytest.fixture(autouse=True)
@@ -309,7 +308,7 @@ def test_transport_a_dripping_answer_ends_at_the_deadline(gatherer: Gatherer) ->
         took = time.monotonic() - started
         assert s.send(kev(gatherer)).status == 200  # on a new connection
     assert err.reason == "no complete answer within the 0.5s deadline" and err.retryable
-    assert 0.45 <= took < 1.0
+    assert 0.45 <= took < 2.5  # the drip would take 6 s; a busy machine may add a little
     assert gatherer.connections == 2
 
 
