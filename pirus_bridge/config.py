@@ -20,14 +20,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
 from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import ConfigError, Problem
-from pirus_bridge.redact import redact_url, register_secret, register_url_secrets
+from pirus_bridge.redact import (
+    redact_url,
+    register_secret,
+    register_url_credentials,
+    register_url_secrets,
+)
 
 DEFAULT_CONFIG_FILE = "pirus-bridge.yaml"
+ENV_REDIS_URL = "PIRUS_BRIDGE_REDIS_URL"
 PROFILES = ("irus", "pirus2-legacy", "ctx-xml", "matomo")
 BULK_PROFILES = ("ctx-xml", "matomo")  # many events per POST: batch_size is the POST's size
 METHODS = ("GET", "HEAD", "POST")
@@ -57,13 +64,27 @@ class LogConfig:
     format: str = "combined"
     session: str | None = None  # the LogFormat directive that carries a session id
     max_line_bytes: int = 16384
+    # client from this logged header, walked from the right past these proxies (SPEC §4)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    forwarded_for: str = "%{X-Forwarded-For}i"
+
+    @property
+    def client(self) -> str | None:
+        """The directive the client address comes from, when proxies are trusted."""
+        return self.forwarded_for if self.trusted_proxies else None
 
 
 @dataclass(frozen=True)
 class BotsConfig:
     ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     user_agents: tuple[re.Pattern[str], ...] = ()
-    counter_list: bool = True  # the COUNTER robots list from the counter-robots package
+    counter_list: bool = True  # the COUNTER robots list (counter-robots package or list_file)
+    list_file: Path | None = None  # a newer COUNTER list, txt or json (counter-bots format)
+    ai_agents: bool = True  # the AI crawler and agent list
+    ai_agents_file: Path | None = None  # replaces the shipped AI-agent list
+    # the volume rule: a user (IP + User-Agent, or a logged session) with more usage lines than
+    # this in one UTC day is excluded for the whole day; 0 turns the rule off
+    volume_per_day: int = 500
 
 
 @dataclass(frozen=True)
@@ -79,12 +100,16 @@ class CountingConfig:
 
 @dataclass(frozen=True)
 class MetadataConfig:
-    provider: str = "none"  # none | oai-pmh | solr
-    url: str | None = None
+    provider: str = "none"  # none | oai-pmh | solr | dspace-rest
+    url: str | None = None  # dspace-rest: the REST API root, e.g. https://repo/server/api
     metadata_prefix: str = "oai_dc"
     id_field: str = "id"
     scoped_entities: bool = False
     timeout_s: float = 20.0
+    workers: int = 4  # background fetch threads (pirus_bridge.metadata.fetcher)
+    wait_s: float = 10.0  # at the end of a bulk run, how long to wait for lookups under way
+    failure_threshold: int = 3  # consecutive failures that open the endpoint's circuit
+    probe_interval_s: float = 60.0  # then one probe this often
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,14 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long personal data stays (:mod:`pirus_bridge.retention`)."""
+
+    failed_personal_days: int = 30  # failed messages keep raw IP and User-Agent this long
+    aof_rewrite_interval_s: int = 86400  # after deliveries, rewrite the AOF at most this often
+
+
+@dataclass(frozen=True)
 class LiveConfig:
     """The live pipeline: files ``serve`` follows, and the seed's queue workers."""
 
@@ -169,6 +202,26 @@ class HttpConfig:
         if self.listen is None:
             raise ValueError("http.listen is not set")
         return parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
+class CounterApiConfig:
+    """The COUNTER R5.1 reports (``report --format r51-*`` and the COUNTER API on
+    ``http.listen``); see ``docs/counter-api.md``. ``None`` values fall back to the repository's
+    own (``platform`` to ``repository.host``, ``platform_id`` to its first label)."""
+
+    api_keys_env: str = "PIRUS_BRIDGE_COUNTER_API_KEYS"
+    platform: str | None = None
+    platform_id: str | None = None
+    publisher: str = ""
+    customer_id: str = "0000000000000000"
+    institution_name: str = "The World"
+    access_type: str = "Open"
+    data_types: Mapping[str, str] = field(default_factory=dict)  # metadata type -> Data_Type
+    default_data_type: str = "Other"
+    registry_record: str = ""
+    first_month: str | None = None  # YYYY-MM: no usage was processed before this month
+    description: str | None = None  # /r51/status Description
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -195,6 +248,8 @@ class Config:
     outbox: OutboxConfig = OutboxConfig()
     live: LiveConfig = LiveConfig()
     http: HttpConfig = HttpConfig()
+    counter_api: CounterApiConfig = CounterApiConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = None
 
 
@@ -302,15 +357,50 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
 def _http_url(value: Any) -> str:
     text = _string(value)
     if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+        raise ValueError(f"must be an http:// or https:// URL, not {redact_url(text)!r}")
+    _check_port(text)
+    register_url_credentials(text)
     return text
 
 
 def _redis_url(value: Any) -> str:
+    """A Redis URL; errors show it with its password hidden, and the password is registered
+    as a secret so that no later message shows it either."""
     text = _string(value)
+    register_url_credentials(text)
     if not re.match(r"^(rediss?|unix)://", text):
-        raise ValueError(f"must start with redis://, rediss:// or unix://, not {text!r}")
+        raise ValueError(f"must start with redis://, rediss:// or unix://, not "
+                         f"{redact_url(text)!r}")
+    _check_port(text)
     return text
+
+
+def _check_port(url: str) -> None:
+    """Raise ValueError for a URL whose port is not a number from 1 to 65535."""
+    try:
+        port = urlsplit(url).port
+    except ValueError as e:
+        raise ValueError(f"has no valid port number: {redact_url(url)!r} (the port must be a "
+                         "number from 1 to 65535)") from e
+    if port == 0:
+        raise ValueError(f"has no valid port number: {redact_url(url)!r} (the port must be a "
+                         "number from 1 to 65535)")
+
+
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOST_RE = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
+
+
+def _host(value: Any) -> str:
+    """A bare host name (``rfr_id``, the host of OAI identifiers), not a URL."""
+    text = _string(value).strip()
+    if "://" in text or "/" in text or ":" in text or "@" in text:
+        bare = urlsplit(text if "://" in text else f"//{text}").hostname
+        hint = f" (did you mean '{bare}'?)" if bare else ""
+        raise ValueError(f"must be a host name, not a URL or path: {redact_url(text)!r}{hint}")
+    if not _HOST_RE.fullmatch(text):
+        raise ValueError(f"must be a host name such as eprints.example.ac.uk, not {text!r}")
+    return text.rstrip(".")
 
 
 def _date(value: Any) -> dt.date:
@@ -334,12 +424,12 @@ def _list(value: Any) -> list[Any]:
 
 def _read_redis(s: _Section, base: Path) -> RedisConfig:
     url = s.get("url", _redis_url, None)
-    env_url = os.environ.get("PIRUS_BRIDGE_REDIS_URL")
+    env_url = os.environ.get(ENV_REDIS_URL)
     if env_url:
         try:
             url = _redis_url(env_url)
         except ValueError as e:
-            s.problems.append(Problem("PIRUS_BRIDGE_REDIS_URL", str(e)))
+            s.problems.append(Problem(ENV_REDIS_URL, str(e)))
     data_dir = base / s.get("data_dir", _string, "var")
     timeout = s.get("socket_timeout_s", _number(0.1), 10.0)
     s.finish()
@@ -347,7 +437,7 @@ def _read_redis(s: _Section, base: Path) -> RedisConfig:
 
 
 def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:
-    host = s.require("host", _string)
+    host = s.require("host", _host)
     base_url = s.require("base_url", _http_url)
     mapping = s.require("mapping", _string)
     s.finish()
@@ -359,28 +449,40 @@ def _read_repository(s: _Section, base: Path) -> RepositoryConfig | None:
     return RepositoryConfig(host=host, base_url=base_url.rstrip("/"), mapping=mapping_path)
 
 
+def _networks(s: _Section, key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    no_items: list[Any] = []
+    for i, value in enumerate(s.get(key, _list, no_items)):
+        try:
+            networks.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            s.problem(f"{key}[{i}]", f"not an IP address or CIDR range: {value!r}")
+    return networks
+
+
 def _read_log(s: _Section) -> LogConfig:
     fmt = s.get("format", _string, "combined")
     session = s.get("session", _string, None)
     max_line = s.get("max_line_bytes", _integer(256), 16384)
+    proxies = tuple(_networks(s, "trusted_proxies"))
+    forwarded = s.get("forwarded_for", _string, "%{X-Forwarded-For}i")
     s.finish()
     from pirus_bridge.logparse import LogFormat  # the parser owns the directive grammar
 
+    log = LogConfig(format=fmt, session=session, max_line_bytes=max_line,
+                    trusted_proxies=proxies, forwarded_for=forwarded)  # fmt: skip
     try:
-        LogFormat.compile(fmt, session=session, max_line_bytes=max_line)
+        LogFormat.compile(fmt, session=session, max_line_bytes=max_line, client=log.client,
+                          trusted_proxies=proxies)  # fmt: skip
     except ValueError as e:
-        s.problem("format", str(e))
-    return LogConfig(format=fmt, session=session, max_line_bytes=max_line)
+        s.problem("trusted_proxies" if proxies and "client directive" in str(e) else "format",
+                  str(e))  # fmt: skip
+    return log
 
 
-def _read_bots(s: _Section) -> BotsConfig:
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+def _read_bots(s: _Section, base: Path) -> BotsConfig:
+    networks = _networks(s, "ips")
     no_items: list[Any] = []
-    for i, value in enumerate(s.get("ips", _list, no_items)):
-        try:
-            networks.append(ipaddress.ip_network(str(value), strict=False))
-        except ValueError:
-            s.problem(f"ips[{i}]", f"not an IP address or CIDR range: {value!r}")
     patterns = []
     for i, value in enumerate(s.get("user_agents", _list, no_items)):
         try:
@@ -388,8 +490,28 @@ def _read_bots(s: _Section) -> BotsConfig:
         except re.error as e:
             s.problem(f"user_agents[{i}]", f"invalid regex {value!r}: {e}")
     counter_list = s.get("counter_list", _boolean, True)
+    list_file = s.get("list_file", _string, None)
+    ai_agents = s.get("ai_agents", _boolean, True)
+    ai_file = s.get("ai_agents_file", _string, None)
+    volume = s.get("volume_per_day", _integer(0), 500)
     s.finish()
-    return BotsConfig(ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list)
+    bots = BotsConfig(
+        ips=tuple(networks), user_agents=tuple(patterns), counter_list=counter_list,
+        list_file=base / list_file if list_file else None, ai_agents=ai_agents,
+        ai_agents_file=base / ai_file if ai_file else None, volume_per_day=volume,
+    )  # fmt: skip
+    from pirus_bridge import robots  # the robots module owns the list formats
+
+    for key, path, load in (("list_file", bots.list_file, robots.load_counter_list),
+                            ("ai_agents_file", bots.ai_agents_file, robots.load_ai_agents)):
+        if path is None:
+            continue
+        try:
+            load(path)
+        except ConfigError as e:
+            for p in e.problems:
+                s.problem(key, str(p))
+    return bots
 
 
 def _read_counting(s: _Section) -> CountingConfig:
@@ -408,12 +530,16 @@ def _read_counting(s: _Section) -> CountingConfig:
 
 def _read_metadata(s: _Section) -> MetadataConfig:
     m = MetadataConfig(
-        provider=s.get("provider", _choice(("none", "oai-pmh", "solr")), "none"),
+        provider=s.get("provider", _choice(("none", "oai-pmh", "solr", "dspace-rest")), "none"),
         url=s.get("url", _http_url, None),
         metadata_prefix=s.get("metadata_prefix", _string, "oai_dc"),
         id_field=s.get("id_field", _string, "id"),
         scoped_entities=s.get("scoped_entities", _boolean, False),
         timeout_s=s.get("timeout_s", _number(0.1), 20.0),
+        workers=s.get("workers", _integer(1, 64), 4),
+        wait_s=s.get("wait_s", _number(0), 10.0),
+        failure_threshold=s.get("failure_threshold", _integer(1), 3),
+        probe_interval_s=s.get("probe_interval_s", _number(1), 60.0),
     )
     if m.provider != "none" and not m.url:
         s.problem("url", f"is required when provider is {m.provider}")
@@ -568,6 +694,18 @@ def _read_outbox(s: _Section) -> OutboxConfig:
     return o
 
 
+def _read_retention(s: _Section) -> RetentionConfig:
+    defaults = RetentionConfig()
+    c = RetentionConfig(
+        failed_personal_days=s.get("failed_personal_days", _integer(0),
+                                   defaults.failed_personal_days),
+        aof_rewrite_interval_s=s.get("aof_rewrite_interval_s", _integer(0),
+                                     defaults.aof_rewrite_interval_s),
+    )
+    s.finish()
+    return c
+
+
 def _read_live(s: _Section, base: Path) -> LiveConfig:
     no_items: list[Any] = []
     files = tuple(base / _string(v) for v in s.get("tail", _list, no_items))
@@ -605,6 +743,53 @@ def _read_http(s: _Section, base: Path) -> HttpConfig:
     return h
 
 
+def _read_counter_api(s: _Section) -> CounterApiConfig:
+    from pirus_bridge.r51 import vocabulary as v  # COUNTER's own value lists
+
+    def pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
+        def convert(value: Any) -> str:
+            text = _string(value)
+            if not regex.match(text):
+                raise ValueError(f"must be {what}, not {text!r}")
+            return text
+
+        return convert
+
+    data_types: dict[str, str] = {}
+    mapping = s.section("data_types")
+    for key, value in mapping.data.items():
+        mapping.seen.add(str(key))
+        try:
+            data_types[str(key).strip().lower()] = _choice(v.DATA_TYPES)(value)
+        except ValueError as e:
+            mapping.problem(str(key), str(e))
+    month = pattern(re.compile(r"^\d{4}-(0[1-9]|1[0-2])$"), "a month YYYY-MM")
+    registry = pattern(v.REGISTRY_PATTERN, "a COUNTER Registry platform URL")
+    d = CounterApiConfig()  # the defaults, written once
+    c = CounterApiConfig(
+        api_keys_env=s.get("api_keys_env", _string, d.api_keys_env),
+        platform=s.get("platform", pattern(re.compile(r"^\S.+"), "at least 2 characters"),
+                       d.platform),
+        platform_id=s.get("platform_id", pattern(
+            v.PLATFORM_ID_PATTERN, "a letter then 1-17 letters, digits or _ . /"), d.platform_id),
+        publisher=s.get("publisher", _string, d.publisher),
+        customer_id=s.get("customer_id", pattern(re.compile(r"^\S+$"), "one word"),
+                          d.customer_id),
+        institution_name=s.get("institution_name", _string, d.institution_name),
+        access_type=s.get("access_type", _choice(v.ACCESS_TYPES), d.access_type),
+        data_types=data_types,
+        default_data_type=s.get("default_data_type", _choice(v.DATA_TYPES), d.default_data_type),
+        registry_record=s.get("registry_record", lambda x: "" if x == "" else registry(x),
+                              d.registry_record),
+        first_month=s.get("first_month", month, d.first_month),
+        description=s.get("description", _string, d.description),
+    )
+    if len(c.institution_name) < 2:
+        s.problem("institution_name", "must be at least 2 characters")
+    s.finish()
+    return c
+
+
 def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem."""
     problems: list[Problem] = []
@@ -612,7 +797,7 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
     redis_cfg = _read_redis(top.section("redis"), base)
     repository = _read_repository(top.section("repository"), base)
     log = _read_log(top.section("log"))
-    bots = _read_bots(top.section("bots"))
+    bots = _read_bots(top.section("bots"), base)
     counting = _read_counting(top.section("counting"))
     metadata = _read_metadata(top.section("metadata"))
     gatherers_s = top.section("gatherers")
@@ -633,6 +818,8 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
                                     " a message is never still being sent when its lease ends"))
     live = _read_live(top.section("live"), base)
     http = _read_http(top.section("http"), base)
+    counter_api = _read_counter_api(top.section("counter_api"))
+    retention = _read_retention(top.section("retention"))
     top.finish()
     if problems or repository is None:
         raise ConfigError(problems, source=source)
@@ -647,6 +834,8 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         outbox=outbox,
         live=live,
         http=http,
+        counter_api=counter_api,
+        retention=retention,
         source=Path(source) if source else None,
     )
 
@@ -659,16 +848,33 @@ def config_path(explicit: str | None) -> Path:
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; relative paths inside resolve against its folder."""
     path = Path(path)
+    return parse_config(read_yaml(path), base=path.resolve().parent, source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML document (:mod:`pirus_bridge.yamlload`: safe, bounded, no duplicate
+    keys); :class:`ConfigError` naming ``file:line`` when it cannot be read or parsed."""
+    from pirus_bridge.yamlload import YamlLimitError, load
+
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError as e:
         raise ConfigError(Problem(str(path), "no such config file")) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(Problem(str(path), f"cannot read: {e}")) from e
+    except OSError as e:
+        raise ConfigError(Problem(str(path), f"cannot read: {e.strerror or e}")) from e
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(Problem(f"{path}:{line}", f"not UTF-8 text (byte 0x{raw[e.start]:02x}"
+                                  "); save the file as UTF-8")) from e
+    try:
+        return load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(Problem(where, f"YAML syntax error: {e}")) from e
-    return parse_config(data, base=path.resolve().parent, source=str(path))
+        detail = "; ".join(x for x in (e.context, e.problem) if x)
+        kind = "YAML error" if isinstance(e, YamlLimitError) else "YAML syntax error"
+        raise ConfigError(Problem(where, f"{kind}: {detail}")) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(Problem(str(path), f"YAML error: {e}")) from e

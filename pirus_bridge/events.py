@@ -31,7 +31,11 @@ class UsageEvent:
     """A real person's view or download of a repository item, ready to be counted.
 
     ``ts`` is the event time in epoch seconds (UTC). ``url`` is the absolute URL that goes into
-    ``svc_dat``: the item page for an Investigation, the file for a Request.
+    ``svc_dat``: the item page for an Investigation, the file for a Request. ``line`` is the
+    log line's identity (``counter.Hasher.line_id``): a line read twice is counted once.
+    ``resolve`` names what the metadata provider must settle before the event is counted (a
+    DSpace bitstream's item, whether a file is its document's main file …; ``pirus_bridge.
+    parking``).
     """
 
     ts: int
@@ -45,3 +49,5 @@ class UsageEvent:
     status: int
     session: str | None = None
     rule: str = ""
+    line: str = ""
+    resolve: str = ""  # what the metadata provider must decide first (mapping.Resolve), or ""

@@ -14,6 +14,9 @@ Items and metadata
     ``md:{item}``                   hash: ``oai_identifier``, ``title``, ``doi``, ``mime``,
                                     ``status`` (``ok`` | ``failed`` | ``none``), ``fetched_at``,
                                     ``json`` (the whole metadata record when ``ok``)
+    ``rs:<kind>:{id}``              string: a resolution (JSON) of a DSpace UUID, an item or a
+                                    file by the metadata provider, negative ones too; expires
+                                    (``pirus_bridge.metadata.fetcher``)
 
 Entities (seed post 1: type prefix + md5 of the text, optionally scoped by record id)
     ``<p>:<md5>``                   string: the entity's text (reverse mapping), e.g. ``n:092f…``
@@ -27,30 +30,48 @@ Entities (seed post 1: type prefix + md5 of the text, optionally scoped by recor
 
 Counting (all item-tagged)
     ``c:{item}``                    hash: COUNTER metrics, fields ``YYYY-MM:<metric code>``
-                                    (TII, UII, TIR, UIR: Total/Unique Item Investigations/Requests)
+                                    (TII, UII, TIR, UIR: Total/Unique Item Investigations/Requests;
+                                    DC: the month's usage lines superseded as double-clicks)
     ``dly:{item}``                  hash: daily-unique series, fields ``YYYY-MM-DD:v`` / ``:d``
     ``dv:{item}`` / ``dd:{item}``   sets of dates the item was viewed / downloaded (seed)
     ``t:views:{item}`` / ``t:dls:{item}``  all-time daily-unique totals (seed)
     ``YYYY-MM-DD:{item}``           hash: all dedupe state of the item on that UTC day (the
                                     seed's per-day client sets, folded into one small hash that
                                     expires once the day is closed), fields:
-                                    ``v:<client>`` / ``d:<client>`` salted client hashes that
-                                    viewed / downloaded (the seed's daily-unique rule);
-                                    ``I:<session>`` / ``R:<session>`` COUNTER sessions that
-                                    investigated / requested (Unique_Item_*);
-                                    ``cI:<user>`` / ``cR:<user>`` event time of the latest click
-                                    of the user's double-click chain that day;
-                                    ``_`` the hash exists (has its TTL) and which of ``dv:`` /
-                                    ``dd:`` have the day: ``''``, ``v``, ``d`` or ``vd``
+                                    ``L:<line>`` the log line was counted (its identity);
+                                    ``kI:<user><url>`` / ``kR:`` the user's chains of clicks on
+                                    that URL, ``a-b a-b`` in seconds of the day (R5.1
+                                    double-clicks); ``n:<user>`` the user's lines on the item;
+                                    ``I:<session>`` / ``R:<session>`` actions of the COUNTER
+                                    session on the item (Unique_Item_*);
+                                    ``v:<client>`` / ``d:<client>`` view / download actions of
+                                    the client (the seed's daily-unique rule);
+                                    ``_`` the hash exists (so has its TTL)
 
 Processing
     ``u:<category>``                lines seen per category: ``u:bothits``, ``u:objectviews``,
                                     ``u:fof``, ``u:other``, ``u:unparsed`` (seed names)
     ``botlist``                     set of names of sets of robot IP addresses / CIDR ranges (seed)
     ``salt``                        the generated salt for client hashes, when none is configured
-    ``ingest:<fingerprint>``        hash: a log file's committed offset and reorder buffer
-    ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset,
-                                    line and held events (``pirus_bridge.tail``)
+    ``ingest:<id>``                 hash: the bulk-ingest checkpoints of the log streams whose
+                                    first line hashes to ``id``: entry id → JSON (offset, line,
+                                    head and tail digests; ``pirus_bridge.checkpoint``)
+    ``ingest:<id>:lock``            string: the lease of the run reading such a stream
+    ``vol:<YYYY-MM-DD>``            hash: the volume rule's count of each user's usage lines that
+                                    day (field ``<user>``; past the limit: excluded) and the
+                                    items they were on (fields ``i:<user>:<item>``); expires
+                                    with the day's dedupe state
+    ``park:<kind>:{<id>}``          list: usage events (JSON, raw address and agent included)
+                                    waiting for the metadata provider to answer ``<kind>``
+                                    about ``<id>`` (``pirus_bridge.parking``); expires once
+                                    their day has closed
+    ``parked``                      set of ``<kind>|<id>`` with parked events
+    ``acct:<YYYY-MM>``              hash: the month's line accounting of the lines that are not
+                                    usage, by the lines' own timestamps: ``unparsed``,
+                                    ``bot:<source>``, ``notfound``, ``other`` (usage lines are
+                                    in ``c:{item}``: actions and ``DC``)
+    ``tail:<absolute path>``        hash: a followed file's identity (first-line hash), offset
+                                    and line (``pirus_bridge.tail``)
     ``u:dropped``                   lines the logging handler had to drop (``loghandler``)
     ``sources``                     set of the names of log sources read so far
     ``src:<name>``                  hash: a source's freshness: ``kind`` (``ingest`` | ``tail``
@@ -120,6 +141,10 @@ def metadata(item: str) -> str:
     return f"md:{tag(item)}"
 
 
+def resolution(kind: str, key: str) -> str:
+    return f"rs:{kind}:{tag(key)}"
+
+
 def item_entities(item: str) -> str:
     return f"e:{tag(item)}"
 
@@ -167,11 +192,44 @@ def source_status(name: str) -> str:
     return f"src:{name}"
 
 
-def ingest_checkpoint(fingerprint: str) -> str:
-    return f"ingest:{fingerprint}"
+def ingest_checkpoint(identity: str) -> str:
+    return f"ingest:{identity}"
+
+
+def tail_position(path: str) -> str:
+    """``tail:<absolute path>``: a followed file's identity, offset and line."""
+    return f"tail:{path}"
+
+
+def ingest_lock(identity: str) -> str:
+    return f"ingest:{identity}:lock"
+
+
+PARKED = "parked"
+
+
+def parked(kind: str, key: str) -> str:
+    """``park:<kind>:{<id>}``: usage events waiting for the metadata provider's answer."""
+    return f"park:{kind}:{tag(key)}"
+
+
+def volume(day: str) -> str:
+    """``vol:<YYYY-MM-DD>``: each user's usage lines of the day, for the volume rule."""
+    return f"vol:{day}"
+
+
+def accounting(month: str) -> str:
+    """``acct:<YYYY-MM>``: the month's accounting of lines that are not usage."""
+    return f"acct:{month}"
 
 
 # Outbox keys: one gatherer's keys share the gatherer's hash tag.
 def outbox(gatherer: str, part: str) -> str:
     """``ob:{gatherer}:<part>``; parts are documented in :mod:`pirus_bridge.outbox`."""
     return f"ob:{tag(gatherer)}:{part}"
+
+
+def outbox_held(gatherer: str, run: str) -> str:
+    """``ob:{gatherer}:held:<run>``: sorted set, message id → event time, of a bulk run's
+    messages that a later line of the run may still supersede (``UsageStore.release_held``)."""
+    return f"ob:{tag(gatherer)}:held:{run}"

@@ -1,7 +1,9 @@
 """Parse web-server access log lines (Apache ``LogFormat`` syntax) into :class:`LogRecord` values.
 
 Pure: no I/O. Build a parser once with :meth:`LogFormat.compile` and call ``fmt.parse(line)`` for
-every line; it returns ``None`` for a line that does not parse and never raises.
+every line; it returns ``None`` for a line that does not parse, :data:`SKIPPED` for a blank or
+``#`` comment line, and never raises. An event time more than a day ahead of the clock (a year
+9999) does not parse. Fields may be separated by more than one space.
 
 The named formats ``combined`` (also Nginx's default), ``common`` and ``vhost_combined`` get a
 hand-written fast path (``str.split`` on quotes, timestamps through a cache keyed on the
@@ -16,12 +18,14 @@ holding one is treated as corrupt and rejected.
 from __future__ import annotations
 
 import calendar
+import ipaddress
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["LogFormat", "LogRecord", "NAMED_FORMATS", "apache_time_to_epoch"]
+__all__ = ["LogFormat", "LogRecord", "NAMED_FORMATS", "SKIPPED", "apache_time_to_epoch"]
 
 NAMED_FORMATS: dict[str, str] = {
     "combined": '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"',
@@ -56,6 +60,10 @@ class LogRecord:
     protocol: str = ""
 
 
+# What ``parse`` returns for a blank or ``#`` comment line: compare with ``is``.
+SKIPPED = LogRecord("", 0, "", "", 0, None, "", "")
+
+
 # -- timestamps -------------------------------------------------------------------------------
 
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
@@ -67,8 +75,19 @@ _BRACKET_CACHE: dict[str, int] = {}  # "[10/Oct/2000:13:55:36 -0700] " -> epoch 
 _MINUTE_CACHE: dict[str, int] = {}  # "10/Oct/2000:13:55 -0700" -> epoch of its second 0
 
 
+# A time further ahead of the clock than this is not a request that happened (a corrupt or
+# forged line, a year 9999): it is rejected like an impossible date, and the line is unparsed.
+FUTURE_SLACK_S = 86400
+
+
+def _not_after() -> float:
+    """The latest acceptable event time: now plus the slack for clocks that disagree."""
+    return time.time() + FUTURE_SLACK_S
+
+
 def _minute_epoch(key: str) -> int | None:
-    """Epoch of ``10/Oct/2000:13:55 -0700``; ``None`` for an impossible or pre-1970 time."""
+    """Epoch of ``10/Oct/2000:13:55 -0700``; ``None`` for an impossible or pre-1970 time, or
+    one more than :data:`FUTURE_SLACK_S` ahead of the clock."""
     m = _MINUTE_RE.fullmatch(key)
     if m is None:
         return None
@@ -80,7 +99,8 @@ def _minute_epoch(key: str) -> int | None:
     if not 1 <= d <= calendar.monthrange(y, mon)[1]:
         return None
     offset = (zh * 3600 + zm * 60) * (-1 if sign == "-" else 1)
-    return calendar.timegm((y, mon, d, h, mi, 0, 0, 0, 0)) - offset
+    epoch = calendar.timegm((y, mon, d, h, mi, 0, 0, 0, 0)) - offset
+    return None if epoch > _not_after() else epoch
 
 
 def _uncached_epoch(text: str) -> int | None:
@@ -155,9 +175,15 @@ def _strftime_parser(fmt: str) -> Callable[[str], int | None]:
                 return None
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
+            try:
+                value = int(dt.timestamp())
+            except (OverflowError, ValueError):
+                return None
+            if value > _not_after():
+                return None
             if len(cache) >= _TIME_CACHE_MAX:
                 cache.clear()
-            epoch = cache[text] = int(dt.timestamp())
+            epoch = cache[text] = value
         return epoch
 
     return convert
@@ -165,7 +191,10 @@ def _strftime_parser(fmt: str) -> Callable[[str], int | None]:
 
 def _epoch_number(divisor: int) -> Callable[[str], int | None]:
     def convert(text: str) -> int | None:
-        return int(text) // divisor if text.isdigit() else None
+        if not text.isdigit():
+            return None
+        value = int(text) // divisor
+        return None if value > _not_after() else value
 
     return convert
 
@@ -193,7 +222,7 @@ def _unescape(text: str) -> str:
 
 def _split_request(req: str) -> tuple[str, str, str]:
     """Split ``GET /x HTTP/1.1`` into method, target and protocol (see :class:`LogRecord`)."""
-    parts = req.split(" ")
+    parts = req.split(" ") if "  " not in req else req.split()
     n = len(parts)
     method = parts[0]
     if n >= 2 and method.isupper() and parts[1]:
@@ -343,16 +372,33 @@ def _tokenize(spec: str) -> list[tuple[str, str | None, str]]:
     return out
 
 
+def _literal_pattern(literal: str) -> str:
+    """The regex of a format's literal text; a run of spaces matches any run of spaces and
+    tabs, so lines with doubled spaces between fields parse too."""
+    return "".join("[ \t]+" if part.isspace() else re.escape(part)
+                   for part in re.split(r"( +)", literal) if part)
+
+
 class LogFormat:
     """A compiled access-log format. Build with :meth:`compile`; call :attr:`parse` per line."""
 
-    __slots__ = ("spec", "max_line_bytes", "parse", "_regex", "_idx", "_time_conv", "_fast")
+    __slots__ = ("spec", "max_line_bytes", "parse", "logs_user_agent", "_regex", "_idx",
+                 "_time_conv", "_fast", "_proxies", "_trust")  # fmt: skip
 
     parse: Callable[[str], LogRecord | None]
 
-    def __init__(self, spec: str, session: str | None, client: str | None, max_len: int) -> None:
+    def __init__(
+        self,
+        spec: str,
+        session: str | None,
+        client: str | None,
+        max_len: int,
+        proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+    ) -> None:
         self.spec = spec
         self.max_line_bytes = max_len
+        self._proxies = proxies
+        self._trust: dict[str, bool] = {}
         tokens = _tokenize(spec)
         parts: list[str] = []
         idx: dict[str, int] = {}
@@ -361,7 +407,7 @@ class LogFormat:
         group = 0
         for i, (literal, arg, letter) in enumerate(tokens):
             if not letter:
-                parts.append(re.escape(literal))
+                parts.append(_literal_pattern(literal))
                 continue
             quoted = (
                 i > 0 and tokens[i - 1][0].endswith('"')
@@ -407,6 +453,9 @@ class LogFormat:
         tail = r"(?:[ \t].*)?" if not parts[-1].endswith("?)") else ""
         self._regex = re.compile("".join(parts) + tail + r"\Z", re.DOTALL)
         self._idx = idx
+        #: False for formats without a User-Agent field (``common``): the agent is unknown, not
+        #: empty, and must not make every line a robot's.
+        self.logs_user_agent = "user_agent" in idx
         self._fast = 0
         norm = spec.replace('\\"', '"')
         for kind, name in enumerate(("combined", "common", "vhost_combined"), 1):
@@ -427,14 +476,20 @@ class LogFormat:
         session: str | None = None,
         client: str | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE,
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
     ) -> LogFormat:
         """Compile ``spec``: a name in :data:`NAMED_FORMATS` or an Apache ``LogFormat`` string.
 
         ``session`` names the directive that carries a session id, written as in the format
         (``"%{JSESSIONID}C"``, ``"%{UNIQUE_ID}e"``, ``"%{X-Session}i"``); its value becomes
-        ``LogRecord.session`` (``None`` for ``-``). ``client`` names a directive that holds the
-        client address instead of ``%a``/``%h``, e.g. ``"%{X-Forwarded-For}i"`` behind a proxy
-        (the first address of a list is taken). Lines longer than ``max_line_bytes`` characters
+        ``LogRecord.session`` (``None`` for ``-``). ``client`` names a logged forwarding header,
+        e.g. ``"%{X-Forwarded-For}i"`` behind a reverse proxy: the client is found by walking
+        the chain ``header entries…, peer (%a/%h)`` from the right, skipping only addresses in
+        ``trusted_proxies`` (SPEC §4); the first address that is not a trusted proxy is the
+        client, so entries a client wrote itself on the left are never believed. A peer that
+        is not a trusted proxy is the client, whatever the header says. With no
+        ``trusted_proxies`` only the peer itself is trusted (the header's rightmost entry is
+        the client). Lines longer than ``max_line_bytes`` characters
         (bytes for ASCII) are rejected unparsed. Raises ``ValueError`` naming an unknown
         directive, a ``session``/``client`` directive missing from the format, or a missing
         essential field (client address, time, request, status).
@@ -449,15 +504,22 @@ class LogFormat:
                 raise ValueError(f"{directive!r} is not a single log format directive")
             return _canonical(toks[0][2], toks[0][1])
 
-        return cls(spec, key(session), key(client), max_line_bytes)
+        if trusted_proxies and client is None:
+            raise ValueError("trusted proxies need a forwarding header directive (client=)")
+        return cls(spec, key(session), key(client), max_line_bytes, tuple(trusted_proxies))
 
     def __repr__(self) -> str:
         return f"LogFormat({self.spec!r})"
 
     def _parse_regex(self, line: str) -> LogRecord | None:
-        """Parse any line with the compiled regular expression; ``None`` if it does not match."""
+        """Parse any line with the compiled regular expression; ``None`` if it does not match,
+        :data:`SKIPPED` for a blank line or a ``#`` comment (not log lines at all: web servers
+        write none, but concatenated or hand-edited logs and W3C headers have them)."""
         if len(line) > self.max_line_bytes or "\x00" in line:
             return None
+        stripped = line.strip()
+        if not stripped or stripped[0] == "#":
+            return SKIPPED
         m = self._regex.match(line.rstrip("\r\n"))
         if m is None:
             return None
@@ -472,10 +534,9 @@ class LogFormat:
         ts = self._time_conv(g[idx["time"]])
         if ts is None:
             return None
-        if "client" in idx:
-            ip = _unescape(g[idx["client"]]).split(",")[0].strip()
-        else:
-            ip = g[idx["addr"] if "addr" in idx else idx["host"]]
+        peer = g[idx["addr"] if "addr" in idx else idx["host"]] if (
+            "addr" in idx or "host" in idx) else None  # fmt: skip
+        ip = self._client(peer, g[idx["client"]]) if "client" in idx else peer
         if not ip or ip == "-":
             return None
         if "request" in idx:
@@ -498,3 +559,47 @@ class LogFormat:
             None if vhost in ("", "-") else vhost, None if session in ("", "-") else session,
             protocol,
         )  # fmt: skip
+
+    def _trusted(self, address: str) -> bool:
+        hit = self._trust.get(address)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(address)
+                hit = any(addr in net for net in self._proxies)
+            except ValueError:
+                hit = False
+            if len(self._trust) >= _TIME_CACHE_MAX:
+                self._trust.clear()
+            self._trust[address] = hit
+        return hit
+
+    def _client(self, peer: str | None, header: str) -> str | None:
+        """The client address from the peer and a forwarding header (see :meth:`compile`)."""
+        if peer is not None and self._proxies and not self._trusted(peer):
+            return peer
+        header = _unescape(header)
+        last = peer
+        if header in ("", "-"):
+            return last
+        for hop in reversed(header.split(",")):
+            address = forwarded_address(hop)
+            if address is None:  # "unknown", an obfuscated name: nothing left of it is known
+                break
+            if not self._proxies or not self._trusted(address):
+                return address
+            last = address
+        return last
+
+
+def forwarded_address(hop: str) -> str | None:
+    """The IP address of one ``X-Forwarded-For`` entry (``1.2.3.4``, ``1.2.3.4:5678``,
+    ``[2001:db8::1]:443``, ``2001:db8::1``), normalised; ``None`` if it holds none."""
+    text = hop.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

@@ -14,6 +14,7 @@ import re
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +23,10 @@ import yaml
 
 from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import MappingError, Problem
+from pirus_bridge.yamlload import BoundedLoader
 
 TOP_KEYS = ("description", "oai_identifier", "item_url", "file_url", "rules")
-_USAGE_KEYS = ("metric", "item", "oai_identifier", "item_url", "file_url")
+_USAGE_KEYS = ("metric", "item", "oai_identifier", "item_url", "file_url", "resolve")
 RULE_KEYS = ("name", "description", "match", "exclude", "methods", "ignore", *_USAGE_KEYS)
 BUILTINS = frozenset({"host", "base_url", "path", "item"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -39,15 +41,35 @@ _TOKEN = re.compile(
 )
 
 
+class Resolve(StrEnum):
+    """What a rule leaves for the metadata provider to decide (its ``resolve:`` key; the
+    answers are in :mod:`pirus_bridge.metadata.resolution`)."""
+
+    DSPACE_BITSTREAM = "dspace-bitstream"  # ORIGINAL-bundle file? credited to which item?
+    DSPACE_ITEM = "dspace-item"  # an item UUID's handle and OAI identifier
+    ITEM = "item"  # is the id an item at all (not a community or collection)?
+    MAIN_FILE = "main-file"  # is the file its document's main file?
+
+    @property
+    def provider(self) -> str:
+        """The ``metadata.provider`` that can answer."""
+        return "dspace-rest" if self.value.startswith("dspace-") else "oai-pmh or solr"
+
+
 @dataclass(frozen=True)
 class MappingMatch:
-    """A logged URL recognised as usage of an item."""
+    """A logged URL recognised as usage of an item.
+
+    ``resolve`` is set when the URL alone cannot settle it: the event is usage only once the
+    metadata provider has answered (:func:`pirus_bridge.metadata.resolution.apply`).
+    """
 
     rule: str
     item: str
     oai_identifier: str | None
     metric: MetricType
     url: str  # absolute svc_dat URL: item page (Investigation) or file (Request)
+    resolve: Resolve | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ class MappingExplanation:
     match: MappingMatch | None
     rule: str | None
     reason: str
+    considered: bool = False  # some rule's regex matched (then an exclude or method said no)
 
     def __str__(self) -> str:
         return f"{self.url}: {self.reason}"
@@ -78,6 +101,7 @@ class MappingRule:
     oai_identifier: str | None
     url: str
     gate_groups: tuple[tuple[str, str], ...] = ()  # (group name, its name in the joined regex)
+    resolve: Resolve | None = None
 
 
 def request_path(url: str) -> str | None:
@@ -171,9 +195,12 @@ class Mapping:
                 notes.append(
                     f"rule '{rule.name}' matched: {found.metric.value} of item {found.item}"
                 )
-            return MappingExplanation(url, path, found, rule.name, "; ".join(notes))
+                if found.resolve is not None:
+                    notes.append(f"counted once the {found.resolve.provider} metadata provider "
+                                 f"answers (resolve: {found.resolve.value})")
+            return MappingExplanation(url, path, found, rule.name, "; ".join(notes), True)
         notes.append("no other rule matched" if notes else "no rule matched")
-        return MappingExplanation(url, path, None, None, "; ".join(notes))
+        return MappingExplanation(url, path, None, None, "; ".join(notes), bool(notes[:-1]))
 
     def _scan(self, path: str, method: str, start: int) -> MappingMatch | None:
         """Slow path: try rules one by one from ``start`` (after an exclude or method miss)."""
@@ -192,7 +219,8 @@ class Mapping:
         values["host"], values["base_url"], values["path"] = self.host, self.base_url, path
         values["item"] = item = rule.item.format_map(values)
         oai = rule.oai_identifier.format_map(values) if rule.oai_identifier is not None else None
-        return MappingMatch(rule.name, item, oai, rule.metric, rule.url.format_map(values))
+        return MappingMatch(rule.name, item, oai, rule.metric, rule.url.format_map(values),
+                            rule.resolve)
 
 
 def explain_json(
@@ -348,7 +376,7 @@ def _key_lines(node: yaml.Node | None, check: _Checker, rule: str | None) -> dic
 
 def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """Parse with the safe loader, keeping the node tree for line numbers."""
-    loader = yaml.SafeLoader(text)
+    loader = BoundedLoader(text)  # safe, and no alias bombs
     try:
         node = loader.get_single_node()
         return (loader.construct_document(node) if node is not None else None), node
@@ -484,6 +512,14 @@ def _rule(
             if value is not None:
                 value = check.template(key, value, tline, label, names, shared=not own)
             url, oai = (value or "", oai) if key == url_key else (url, value)
+    resolve: Resolve | None = None
+    if "resolve" in raw and ignore is not True:
+        try:
+            resolve = Resolve(str(raw["resolve"]))
+        except ValueError:
+            choices = ", ".join(r.value for r in Resolve)
+            check.add(at("resolve"), label, f"resolve must be one of {choices}, "
+                      f"not {raw['resolve']!r}")  # fmt: skip
     if regex is None or not isinstance(name, str) or not name or None in excludes:
         return None
     excludes_ok = tuple(x for x in excludes if x is not None)
@@ -497,4 +533,5 @@ def _rule(
         frozenset(m.upper() for m in methods),
         oai,
         url,
+        resolve=resolve,
     )

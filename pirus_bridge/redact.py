@@ -9,8 +9,10 @@ once with :func:`register_secret` when they are read, and :func:`scrub` hides th
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 MASK = "***"
@@ -33,18 +35,31 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+def register_url_credentials(url: str) -> None:
+    """Register the password of a URL (``scheme://user:password@host``) as a secret."""
+    m = _USERINFO.search(url)
+    if m:
+        register_secret(unquote(m.group(3)))
+        register_secret(m.group(3))
+
+
+def register_env_secrets(name: str, environ: Mapping[str, str] | None = None) -> None:
+    """Register each comma-separated value of the environment variable ``name`` (API keys)."""
+    value = (os.environ if environ is None else environ).get(name, "")
+    for part in value.split(","):
+        register_secret(part.strip())
+
+
 def register_url_secrets(url: str | None) -> None:
     """Register the password and credential query parameters a URL carries (a gatherer's or
     a proxy's), so that :func:`scrub` hides them even where they appear outside a URL."""
     if not url:
         return
+    register_url_credentials(url)
     try:
         parts = urlsplit(url)
-        password = parts.password
     except ValueError:
         return
-    if password:
-        register_secret(unquote(password))
     for name, value in parse_qsl(parts.query):
         if name.lower() in SECRET_PARAMS:
             register_secret(value)

@@ -2,9 +2,11 @@
 
 Each enabled gatherer is pushed on its own ``interval_s`` or ``cron`` schedule; one job never
 overlaps itself (``max_instances=1``, missed runs coalesce). Maintenance runs every few minutes:
-it returns expired leases to pending (so ``outbox stats`` tells the truth while no pusher runs)
-and forgets delivered ids older than the audit period. The files of ``live.tail`` are followed,
-and with ``live.queue_workers`` the classifier, counter and logger run too, each in a thread.
+it returns expired leases to pending (so ``outbox stats`` tells the truth while no pusher runs),
+forgets delivered ids older than the audit period, blanks the raw identity of old failed
+messages and, after deliveries, has the append-only file rewritten (``retention``). The files
+of ``live.tail`` are followed, and with ``live.queue_workers`` the classifier, counter and
+logger run too, each in a thread.
 On SIGTERM or SIGINT every component finishes the batch in hand, commits or settles it, and the
 process exits.
 """
@@ -15,6 +17,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -22,9 +25,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from pirus_bridge.chain import IngestSummary
 from pirus_bridge.config import Config, GathererConfig
 from pirus_bridge.outbox import Outbox
 from pirus_bridge.pusher import Pusher
+from pirus_bridge.redact import scrub
+from pirus_bridge.redisconn import AVAILABILITY, REDIS_ERRORS, wait_for
+from pirus_bridge.retention import AofRewriter, delivered_total, forget_failed_identities
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +48,12 @@ def trigger_for(g: GathererConfig) -> CronTrigger | IntervalTrigger:
 class Service:
     """Scheduled pushes and maintenance in one process (``pirus-bridge serve``)."""
 
-    def __init__(self, cfg: Config, r: redis.Redis) -> None:
+    def __init__(self, cfg: Config, r: redis.Redis,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.r = r
+        self.clock = clock
+        self.aof = AofRewriter(cfg.retention.aof_rewrite_interval_s, clock)
         self.pushers = [Pusher(cfg, r, g) for g in cfg.gatherers.values() if g.enabled]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
@@ -57,6 +67,7 @@ class Service:
             self.workers = [make_worker(role, cfg, r)
                             for role in ("classifier", "counter", "logger")]
         self.http: Any = None
+        self.parked: Any = None  # the Ingester that counts parked events (maintenance)
         if cfg.http.listen:
             from pirus_bridge.web import WebContext, create_app
             from pirus_bridge.web.server import HttpServer
@@ -80,39 +91,59 @@ class Service:
         return "; ".join(parts)
 
     def _follow(self, path: Any) -> None:
-        """Follow one file until stopped; if Redis goes away, start again from the saved
-        position (nothing uncommitted was counted, so nothing is lost or repeated)."""
-        from pirus_bridge.tail import Follower, follow
-
-        while not self.stopped.is_set():
-            follower = self.followers[path] = Follower(path)
-            if self.stopped.is_set():
-                break
-            try:
-                follow(self.cfg, self.r, path, follower=follower)
-            except redis.RedisError as e:
-                log.warning("tail %s paused: Redis unavailable (%s)", path, e)
-                self.stopped.wait(5)
+        follow_until_stopped(self.cfg, self.r, path, self.stopped,
+                             lambda f: self.followers.__setitem__(path, f))
 
     def push(self, pusher: Pusher) -> None:
         try:
             result = pusher.push_once()
-        except redis.RedisError as e:  # Redis away: log it and try again next time
-            log.warning("push to %s skipped: Redis unavailable (%s)", pusher.gatherer.name, e)
+        except REDIS_ERRORS as e:  # Redis away: the next scheduled run tries again
+            AVAILABILITY.lost(e)
             return
+        except redis.RedisError as e:
+            log.error("push to %s failed: %s", pusher.gatherer.name, scrub(str(e)))
+            return
+        AVAILABILITY.ok()
         if result.sent or result.retried or result.failed or result.released:
             log.info("push %s: %s", pusher.gatherer.name, result.to_json())
 
     def maintain(self) -> None:
-        now = time.time()
+        """Expired leases back to pending, old audit entries dropped, failed messages' raw
+        identity forgotten after ``retention.failed_personal_days``, and the append-only file
+        rewritten after deliveries (:mod:`pirus_bridge.retention`)."""
+        now = self.clock()
         keep_s = self.cfg.outbox.sent_audit_days * 86400
+        personal_s = self.cfg.retention.failed_personal_days * 86400
         try:
             for name in self.cfg.gatherers:
                 box = Outbox(self.r, name)
                 box.reclaim_expired(now)
                 box.trim_sent(keep_s, now)
+                forgotten = forget_failed_identities(self.r, name, personal_s, now)
+                if forgotten:
+                    log.info("%s: %d failed message(s) older than %d days lost their IP "
+                             "address and User-Agent", name, forgotten,
+                             self.cfg.retention.failed_personal_days)
+            self.aof.maybe_rewrite(self.r, delivered_total(self.r, self.cfg.gatherers))
+            self.settle_parked()
+        except REDIS_ERRORS as e:
+            AVAILABILITY.lost(e)
         except redis.RedisError as e:
-            log.warning("maintenance skipped: Redis unavailable (%s)", e)
+            log.error("maintenance failed: %s", scrub(str(e)))
+
+    def settle_parked(self) -> None:
+        """Count the usage lines that waited for the metadata provider and have an answer now
+        (:mod:`pirus_bridge.parking`); a no-op without ``resolve:`` rules and a provider."""
+        if self.parked is None:
+            from pirus_bridge.ingest import Ingester
+
+            self.parked = Ingester(self.cfg, self.r)
+        if self.parked.stages.resolver is None:
+            return
+        s = self.parked.settle_parked()
+        if s.investigations or s.requests or s.double_clicks or s.other:
+            log.info("counted %d investigation(s) and %d request(s) that waited for metadata",
+                     s.investigations, s.requests)
 
     def start(self) -> None:
         for p in self.pushers:
@@ -151,6 +182,8 @@ class Service:
             thread.join()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.parked is not None:
+            self.parked.close()
         for p in self.pushers:
             p.close()
 
@@ -170,6 +203,36 @@ class Service:
                 pass
         finally:
             self.stop()
+
+
+def follow_until_stopped(cfg: Config, r: redis.Redis, path: Any, stopped: threading.Event,
+                         on_follower: Callable[[Any], None] = lambda f: None) -> IngestSummary:
+    """Follow one file until ``stopped`` is set (``tail``, and each file of ``serve``).
+
+    If Redis goes away, wait for it (with backoff, logging once per change of state) and start
+    again from the saved position: nothing uncommitted was counted, so nothing is lost or
+    repeated. ``on_follower`` is told of each new follower, so a stop can reach it. Returns
+    what was read and counted (runs cut short by a loss of Redis are not in it).
+    """
+    from pirus_bridge.tail import Follower, follow
+
+    total = IngestSummary()
+    while not stopped.is_set():
+        follower = Follower(path, max_line_bytes=cfg.log.max_line_bytes)
+        on_follower(follower)
+        if stopped.is_set():
+            break
+        try:
+            s = follow(cfg, r, path, follower=follower)
+            AVAILABILITY.ok()
+        except REDIS_ERRORS as e:
+            AVAILABILITY.lost(e)
+            wait_for(r, stop=stopped)
+            continue
+        total.lines += s.lines
+        total.investigations += s.investigations
+        total.requests += s.requests
+    return total
 
 
 def _now() -> Any:

@@ -12,16 +12,16 @@ whatever its name) or ``-`` for standard input (which may be compressed too). It
 
 A last line without a newline is yielded too, with ``offset_after`` at the end of the stream.
 Files are read in 1 MiB chunks; an all-ASCII chunk (the usual case, since web servers escape
-other bytes) is decoded in one go. The bulk path takes the lines a chunk at a time instead, as
-:class:`Block` values from :meth:`LogSource.blocks`, and works out offsets only where it
-commits.
+other bytes) is decoded in one go. A line too long to parse (``log.max_line_bytes``) is not
+kept whole, so memory stays bounded whatever the input. The bulk path takes the lines a chunk
+at a time instead, as :class:`Block` values from :meth:`LogSource.blocks`, and works out offsets
+only where it commits.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import lzma
 import os
@@ -34,10 +34,11 @@ from typing import BinaryIO
 
 from pirus_bridge.exceptions import InputError
 
-__all__ = ["FINGERPRINT_BYTES", "Block", "LogSource", "detect_compression", "open_log"]
+__all__ = ["HEAD_BYTES", "Block", "LogSource", "detect_compression", "open_log"]
 
 CHUNK_SIZE = 1 << 20
-FINGERPRINT_BYTES = 8192
+HEAD_BYTES = 65536  # how much of a file's start :meth:`LogSource.head` reads
+DEFAULT_MAX_LINE_BYTES = 16384  # the default of log.max_line_bytes
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 _READ_ERRORS = (OSError, EOFError, lzma.LZMAError)
 
@@ -122,6 +123,17 @@ class Block:
         return f"Block(lineno={self.lineno}, offset={self.offset}, lines={len(self.texts)})"
 
 
+def _read_upto(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
+    out = bytearray()
+    while len(out) < n:
+        more = stream.read(n - len(out))
+        if not more:
+            break
+        out += more
+    return bytes(out)
+
+
 def _decode(raw: bytes) -> str:
     """A line's bytes as text: UTF-8 with replacement, without a ``\\r`` before the newline."""
     if raw[-1:] == b"\r":
@@ -139,8 +151,13 @@ class LogSource:
     call :meth:`close`.
     """
 
-    def __init__(self, name: str, raw: BinaryIO, *, path: str | None, owns_raw: bool) -> None:
+    def __init__(self, name: str, raw: BinaryIO, *, path: str | None, owns_raw: bool,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.name = name
+        # A line longer than this many characters is unparsed: once it passes 4× as many bytes
+        # (UTF-8 takes at most 4 bytes a character) the rest of it is not kept, so one endless
+        # line (a file of NULs, a broken writer) costs a bounded amount of memory.
+        self._keep = 4 * max_line_bytes + 4
         self.path = path
         self._raw = raw
         self._owns_raw = owns_raw
@@ -150,7 +167,7 @@ class LogSource:
         self._lineno = 0  # lines before self._offset
         self._raw_read = 0  # bytes read, for position() when raw cannot tell()
         self._started = False
-        self._fingerprint: str | None = None
+        self._head: bytes | None = None
         self.size_hint: int | None = None
         try:
             st = os.fstat(raw.fileno())
@@ -173,31 +190,53 @@ class LogSource:
                 pass
         return self._raw_read
 
-    def fingerprint(self) -> str | None:
-        """SHA-1 hex of the first 8 KiB of the decompressed content; ``None`` for stdin.
+    def head(self) -> bytes | None:
+        """The first 64 KiB of the decompressed content (less if shorter); ``None`` for stdin.
 
-        The same content gives the same fingerprint plain or compressed, and it does not change
-        as the file grows past 8 KiB (a shorter file's fingerprint does change as it grows).
-        It is read through a second handle, so it does not disturb iteration.
+        The same content gives the same head, plain or compressed. It is read through a second
+        handle, so it does not disturb iteration.
         """
         if self.path is None:
             return None
-        if self._fingerprint is None:
+        if self._head is None:
             raw = _open_raw(self.path)
             try:
                 stream = _decompressor(raw, detect_compression(_peek(raw, 8)))
-                head = b""
-                while len(head) < FINGERPRINT_BYTES:
-                    more = stream.read(FINGERPRINT_BYTES - len(head))
-                    if not more:
-                        break
-                    head += more
+                self._head = _read_upto(stream, HEAD_BYTES)
             except _READ_ERRORS as e:
                 raise InputError(f"{self.name}: cannot read: {e}") from e
             finally:
                 raw.close()
-            self._fingerprint = hashlib.sha1(head).hexdigest()
-        return self._fingerprint
+        return self._head
+
+    def lines_before(self, offset: int, count: int) -> list[str]:
+        """The text of the (up to) ``count`` lines that end at byte ``offset`` of the
+        decompressed content, as iteration would give them. Raises :class:`InputError` when
+        the content is shorter than ``offset`` or ``offset`` is not at the end of a line."""
+        if self._started:
+            raise InputError(f"{self.name}: cannot look back after reading has started")
+        self._started = True
+        start = max(0, offset - CHUNK_SIZE)
+        if self.seekable:
+            self._raw.seek(start)
+        else:
+            skipped = 0
+            while skipped < start:
+                chunk = self._read(min(CHUNK_SIZE, start - skipped))
+                if not chunk:
+                    raise InputError(f"{self.name}: shorter than offset {offset}")
+                skipped += len(chunk)
+        data = _read_upto(self._stream, offset - start)
+        if len(data) < offset - start:
+            raise InputError(f"{self.name}: shorter than offset {offset}")
+        if data and data[-1:] != b"\n" and self._stream.read(1):
+            raise InputError(f"{self.name}: offset {offset} is not at the end of a line")
+        pieces = data.split(b"\n")
+        if data[-1:] == b"\n":
+            pieces.pop()
+        if start > 0:
+            pieces = pieces[1:]  # the window's first line may be cut
+        return [_decode(p) for p in pieces[-count:]] if count else []
 
     def skip_to(self, offset: int, lineno: int | None = None) -> None:
         """Resume at byte ``offset`` of the decompressed stream (an ``offset_after`` seen before).
@@ -272,7 +311,9 @@ class LogSource:
 
     def _blocks(self) -> Iterator[Block]:
         offset, lineno = self._offset, self._lineno
+        keep = self._keep
         rest = b""
+        extra = 0  # bytes of the unfinished line ``rest`` dropped beyond ``keep``
         while True:
             chunk = self._read(CHUNK_SIZE)
             if not chunk:
@@ -281,25 +322,31 @@ class LogSource:
                 chunk = rest + chunk
             cut = chunk.rfind(b"\n") + 1
             rest = chunk[cut:]
-            if not cut:
-                continue
-            body = chunk[:cut]
-            if body.isascii() and b"\r" not in body:
-                texts = body.decode("ascii").split("\n")
-                texts.pop()
-                block = Block(lineno, offset, texts)
-            else:
-                raws = body.split(b"\n")
-                raws.pop()
-                ends = list(accumulate((len(raw) + 1 for raw in raws), initial=offset))
-                block = Block(lineno, offset, [_decode(raw) for raw in raws], ends[1:])
-            offset += cut
-            lineno += len(block.texts)
-            self._offset, self._lineno = offset, lineno
-            yield block
+            if cut:
+                body = chunk[:cut]
+                if not extra and body.isascii() and b"\r" not in body:
+                    texts = body.decode("ascii").split("\n")
+                    texts.pop()
+                    block = Block(lineno, offset, texts)
+                else:
+                    raws = body.split(b"\n")
+                    raws.pop()
+                    sizes = [len(raw) + 1 for raw in raws]
+                    sizes[0] += extra  # the first line was longer than what is kept of it
+                    ends = list(accumulate(sizes, initial=offset))
+                    block = Block(lineno, offset, [_decode(raw) for raw in raws], ends[1:])
+                offset += cut + extra
+                extra = 0
+                lineno += len(block.texts)
+                self._offset, self._lineno = offset, lineno
+                yield block
+            if len(rest) > keep:  # an unfinished line too long to parse: drop its middle
+                extra += len(rest) - keep
+                rest = rest[:keep]
         if rest:
-            yield Block(lineno, offset, [_decode(rest)], [offset + len(rest)])
-            offset += len(rest)
+            end = offset + len(rest) + extra
+            yield Block(lineno, offset, [_decode(rest)], [end])
+            offset = end
             lineno += 1
         self._offset, self._lineno = offset, lineno
 
@@ -331,20 +378,25 @@ def open_log(
     start_offset: int = 0,
     start_lineno: int | None = None,
     stdin: BinaryIO | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> LogSource:
     """Open a log file, or standard input for ``"-"``, and position it at ``start_offset``.
 
     ``start_offset``/``start_lineno`` resume a previous run (see :meth:`LogSource.skip_to`).
     ``stdin`` replaces ``sys.stdin.buffer`` for ``"-"`` (tests, or a pipe the caller holds);
-    standard input cannot be resumed. Raises :class:`InputError` with a one-line message when
+    standard input cannot be resumed. ``max_line_bytes`` is ``log.max_line_bytes``: of a longer
+    line only the first ``4 × max_line_bytes`` bytes are kept (it is unparsed either way, and its
+    offsets stay exact). Raises :class:`InputError` with a one-line message when
     the file is missing, unreadable or shorter than ``start_offset``.
     """
     if path == "-":
         if start_offset:
             raise InputError("standard input cannot be resumed at an offset")
         stream = stdin if stdin is not None else sys.stdin.buffer
-        return LogSource("<stdin>", stream, path=None, owns_raw=False)
-    source = LogSource(path, _open_raw(path), path=path, owns_raw=True)
+        return LogSource("<stdin>", stream, path=None, owns_raw=False,
+                         max_line_bytes=max_line_bytes)
+    source = LogSource(path, _open_raw(path), path=path, owns_raw=True,
+                       max_line_bytes=max_line_bytes)
     if start_offset or start_lineno:
         try:
             source.skip_to(start_offset, start_lineno)

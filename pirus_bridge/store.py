@@ -16,7 +16,15 @@ import redis
 
 from pirus_bridge import keys
 from pirus_bridge.config import CountingConfig
-from pirus_bridge.counter import DAY, Identities, day_state_ttl, utc_day, utc_month
+from pirus_bridge.counter import (
+    DAY,
+    SURROGATE,
+    Identities,
+    action_id,
+    day_state_ttl,
+    utc_day,
+    utc_month,
+)
 from pirus_bridge.events import MetricType, UsageEvent
 
 # The counting script, sent whole with EVAL inside each transaction (a few KB per batch): unlike
@@ -27,6 +35,7 @@ COUNT_LUA = "\n".join(
     for line in (files("pirus_bridge") / "lua" / "count.lua").read_text().splitlines()
     if not line.lstrip().startswith("--")
 )
+RELEASE_LUA = (files("pirus_bridge") / "lua" / "release.lua").read_text()
 REMEMBER_OAI_LUA = (
     "for i, key in ipairs(KEYS) do redis.call('HSET', key, 'oai_identifier', ARGV[i]) end"
 )
@@ -35,8 +44,7 @@ OUTBOX_PARTS = ("msg", "pending", "sent", "failed", "stats")  # the order count.
 # Per-item and per-day key caches are cleared when they reach this size.
 CACHE_LIMIT = 100_000
 _REQUEST = MetricType.REQUEST
-_R, _I = MetricType.REQUEST.code, MetricType.INVESTIGATION.code
-_NO_MESSAGE = ("-", "")  # the script's "not for this gatherer"
+_HOURS = [f"{h:02d}" for h in range(24)]
 
 
 def ensure_salt(r: redis.Redis, configured: str | None) -> str:
@@ -61,54 +69,58 @@ def empty_metrics() -> dict[str, int]:
 class UsageStore:
     """Counting writes for usage events, and read queries over the counts."""
 
-    def __init__(self, r: redis.Redis, counting: CountingConfig | None = None) -> None:
+    def __init__(self, r: redis.Redis, counting: CountingConfig | None = None, *,
+                 volume_per_day: int = 0) -> None:
         self.r = r
         self.counting = counting or CountingConfig()
+        self.volume_per_day = volume_per_day  # bots.volume_per_day; 0: no volume rule
         self.grace_s = self.counting.day_close_grace_h * 3600
-        self._blocks: dict[tuple[str, int, str], tuple[str, ...]] = {}
+        self._item_keys: dict[str, tuple[str, ...]] = {}
         self._days: dict[int, tuple[str, str]] = {}
 
     # -- writes --------------------------------------------------------------------------------
 
-    def count(
-        self,
-        pipe: redis.client.Pipeline,
-        event: UsageEvent,
-        ids: Identities,
-        messages: Sequence[tuple[str, str, str]] = (),
-        now: float | None = None,
-    ) -> None:
-        """Queue the counting of one event on ``pipe``; its reply is ``[counted, enqueued]``.
+    def batch(self, gatherers: Sequence[str], now: float | None = None, *,
+              hold: str | None = None) -> CountBatch:
+        """A :class:`CountBatch` for clicks whose actions may go to ``gatherers``.
 
-        ``messages`` are ``(gatherer, message id, message JSON)`` for each gatherer the event
-        qualifies for; they are enqueued only if the event is counted (not a double-click).
-        """
-        batch = self.batch([g for g, _, _ in messages], now)
-        batch.add(event, ids, [(msg_id, body) for _, msg_id, body in messages])
-        batch.queue(pipe)
+        New messages become due ``counting.double_click_s + counting.reorder_window_s`` after
+        ``now``: until then a later line may still supersede their action. ``hold`` names a
+        bulk run: its messages are also recorded in ``ob:{g}:held:<run>``, by event time, so
+        that the run releases them as soon as its own lines show they are final
+        (:meth:`release_held`)."""
+        return CountBatch(self, gatherers, time.time() if now is None else now, hold)
 
-    def batch(self, gatherers: Sequence[str], now: float | None = None) -> CountBatch:
-        """A :class:`CountBatch` for events that may be enqueued for ``gatherers``."""
-        return CountBatch(self, gatherers, time.time() if now is None else now)
+    def release_held(self, pipe: redis.client.Pipeline, gatherers: Sequence[str], run: str,
+                     before_ts: float, now: float | None = None) -> None:
+        """Make the held messages of ``run`` with an event time before ``before_ts`` due now."""
+        if not gatherers:
+            return
+        names: list[str] = []
+        for g in gatherers:
+            names += (keys.outbox(g, "pending"), keys.outbox_held(g, run))
+        now = time.time() if now is None else now
+        pipe.eval(RELEASE_LUA, len(names), *names,
+                  "+inf" if before_ts == float("inf") else int(before_ts), now)
+        for name in names[1::2]:  # a run that dies leaves its set; the messages fall due anyway
+            pipe.expire(name, 4 * self.hold_s() + 3600)
 
-    def _block(self, item: str, day: int, code: str) -> tuple[str, ...]:
-        """The keys an event of ``item`` on UTC day number ``day`` with metric ``code`` (I|R)
-        touches, in the order ``lua/count.lua`` expects (cached): the day hash
-        ``YYYY-MM-DD:{item}``, ``c:``, ``dly:``, then ``dv:`` and ``t:views:`` for an
-        Investigation or ``dd:`` and ``t:dls:`` for a Request."""
-        found = self._blocks.get((item, day, code))
+    def hold_s(self) -> int:
+        """How long a new message waits before it may be delivered (see :meth:`batch`)."""
+        return self.counting.double_click_s + self.counting.reorder_window_s
+
+    def _keys_of(self, item: str) -> tuple[str, ...]:
+        """The per-item keys ``lua/count.lua`` expects, in its order (cached): ``c:``,
+        ``dly:``, ``dv:``, ``dd:``, ``t:views:``, ``t:dls:``."""
+        found = self._item_keys.get(item)
         if found is None:
-            if len(self._blocks) >= CACHE_LIMIT:
-                self._blocks.clear()
-            c, dly = keys.counter_metrics(item), keys.daily(item)
-            kind = "d" if code == _R else "v"
-            found = self._blocks[item, day, code] = (
-                self._day_hash(item, day), c, dly, keys.dates(item, kind), keys.totals(item, kind)
+            if len(self._item_keys) >= CACHE_LIMIT:
+                self._item_keys.clear()
+            found = self._item_keys[item] = (
+                keys.counter_metrics(item), keys.daily(item), keys.dates(item, "v"),
+                keys.dates(item, "d"), keys.totals(item, "v"), keys.totals(item, "d"),
             )
         return found
-
-    def _day_hash(self, item: str, day: int) -> str:
-        return keys.day_state(self._day(day)[0], item)
 
     def _day(self, day: int) -> tuple[str, str]:
         """``(YYYY-MM-DD, YYYY-MM)`` of a UTC day number (epoch seconds // 86400), cached."""
@@ -141,7 +153,8 @@ class UsageStore:
         months: dict[str, dict[str, int]] = {}
         for field, value in raw.items():
             month, _, code = text(field).partition(":")
-            months.setdefault(month, empty_metrics())[keys.METRIC_NAMES[code]] = int(value)
+            if code in keys.METRIC_NAMES and int(value):
+                months.setdefault(month, empty_metrics())[keys.METRIC_NAMES[code]] = int(value)
         return dict(sorted(months.items()))
 
     def item_daily(self, item: str) -> dict[str, dict[str, int]]:
@@ -150,6 +163,8 @@ class UsageStore:
         days: dict[str, dict[str, int]] = {}
         for field, value in raw.items():
             day, _, kind = text(field).partition(":")
+            if not int(value):
+                continue
             entry = days.setdefault(day, {"views": 0, "downloads": 0})
             entry["views" if kind == "v" else "downloads"] = int(value)
         return dict(sorted(days.items()))
@@ -197,7 +212,7 @@ class UsageStore:
         rows = []
         for i, item in enumerate(items):
             values, oai = replies[2 * i], replies[2 * i + 1]
-            if not any(values):
+            if not any(int(v or 0) for v in values):
                 continue
             row: dict[str, Any] = {"item": item, "oai_identifier": text(oai) if oai else None}
             for code, v in zip(METRIC_CODES, values, strict=True):
@@ -213,98 +228,119 @@ class UsageStore:
         return rows
 
 class CountBatch:
-    """Usage events counted by one call of ``lua/count.lua``, in the order they were added.
+    """Clicks counted by one call of ``lua/count.lua``, in the order they were added.
 
-    The script decides each event exactly as a call of its own would, but the whole batch costs
-    one command: the bulk path puts one batch, its ``u:`` counters and its checkpoint in one
-    MULTI/EXEC. The reply is ``[counted, enqueued]`` per event, flattened.
+    The script decides each click exactly as a call of its own would, but the whole batch costs
+    one command: the bulk path puts one batch, its counters and its checkpoint in one
+    MULTI/EXEC. The reply has five values per click, flattened (see ``lua/count.lua``):
+    Investigation and Request actions change, double-click lines change, messages change,
+    robot lines change (the volume rule); ``"r"`` first for a replayed line.
 
-    Keys and day strings are sent once per batch: each event names its block (the keys of its
-    item on its UTC day for its metric type) by number, and, within the double-click window of
-    midnight, the neighbouring day's hash, where the user's chain may have its latest click.
+    Keys and day strings are sent once per batch: each click names its item's day hash by
+    number, and, within the double-click window of midnight, the neighbouring day's hash, where
+    the user's chain may go on.
     """
 
     __slots__ = (
-        "store", "now", "window", "ngatherers", "size", "args", "_head", "_blocks", "_block_keys",
-        "_block_items", "_neighbours", "_neighbour_keys", "_ttls",
+        "store", "now", "window", "ngatherers", "size", "args", "hold", "_gatherer_keys",
+        "_items", "_item_keys", "_item_ids", "_days", "_day_args", "_day_keys", "_hashes",
+        "_hash_keys", "_hash_args",
     )  # fmt: skip
 
-    def __init__(self, store: UsageStore, gatherers: Sequence[str], now: float) -> None:
+    def __init__(self, store: UsageStore, gatherers: Sequence[str], now: float,
+                 hold: str | None = None) -> None:
         self.store = store
         self.now = now
         self.window = store.counting.double_click_s
         self.ngatherers = len(gatherers)
+        self.hold = hold
         self.size = 0
-        self.args: list[Any] = []  # 1 + G per event: its head, then the message bodies
-        self._head: list[str] = [keys.OBJECTITEMS]
+        self.args: list[Any] = []  # 1 + G per click: its head, then the message bodies
+        self._gatherer_keys: list[str] = []
         for g in gatherers:
-            self._head += [keys.outbox(g, part) for part in OUTBOX_PARTS]
-        self._blocks: dict[tuple[str, int, str], int] = {}  # (item, day, I|R) -> block number
-        self._block_keys: list[str] = []  # 5 per block
-        self._block_items: list[str] = []
-        self._neighbours: dict[tuple[str, int], int] = {}  # -> 1-based number
-        self._neighbour_keys: list[str] = []
-        self._ttls: dict[int, int] = {}  # day number -> day-state TTL
+            self._gatherer_keys += [keys.outbox(g, part) for part in OUTBOX_PARTS]
+            self._gatherer_keys.append(keys.outbox_held(g, hold or "-"))
+        self._items: dict[str, int] = {}  # item -> 1-based number
+        self._item_keys: list[str] = []
+        self._item_ids: list[str] = []
+        self._days: dict[int, int] = {}  # day number -> 1-based number
+        self._day_args: list[Any] = []
+        self._day_keys: list[str] = []
+        self._hashes: dict[tuple[str, int], int] = {}  # (item, day) -> 1-based number
+        self._hash_keys: list[str] = []
+        self._hash_args: list[int] = []
 
     def __len__(self) -> int:
         return self.size
 
-    def add(
-        self, event: UsageEvent, ids: Identities, messages: Sequence[tuple[str, str] | None]
-    ) -> None:
-        """Add one event; ``messages[i]`` is ``(message id, JSON)`` for the i-th gatherer, or
-        ``None`` when the event does not go to it."""
-        if len(messages) != self.ngatherers:
-            raise ValueError("one message (or None) per gatherer of the batch")
+    def add(self, event: UsageEvent, ids: Identities, url_key: str,
+            bodies: Sequence[str]) -> None:
+        """Add one click; ``bodies[i]`` is the message JSON for the i-th gatherer, ``""`` when
+        the click's action would not go to it."""
+        if len(bodies) != self.ngatherers:
+            raise ValueError("one message body (or '') per gatherer of the batch")
         item, ts = event.item, event.ts
         day = ts // DAY
-        code = _R if event.metric is _REQUEST else _I
-        block = self._blocks.get((item, day, code))
-        if block is None:
-            block = self._block(item, day, code, ts)
+        own = self._hashes.get((item, day)) or self._hash(item, day)
         # A chain can span midnight: near it, the script also reads the other day's hash.
         into_day, window = ts - day * DAY, self.window
+        prev = nxt = 0
         if into_day < window:
-            neighbour = self._neighbour(item, day - 1)
+            prev = self._hashes.get((item, day - 1)) or self._hash(item, day - 1)
         elif into_day + window >= DAY:
-            neighbour = self._neighbour(item, day + 1)
+            nxt = self._hashes.get((item, day + 1)) or self._hash(item, day + 1)
+        # The head's fields are numbers, letters and hex digests: never a space inside one.
+        user = ids.user
+        session = user + _HOURS[into_day // 3600] if ids.kind == SURROGATE else user
+        if event.metric is _REQUEST:
+            field = f"kR:{user}{url_key}"
+            msg = action_id(item, field, ts) if self.ngatherers else "-"
+            self.args.append(f"{ts} {into_day} {own} {prev} {nxt} R {ids.kind} L:{event.line} "
+                             f"{field} I:{session} d:{ids.client} {msg}")
         else:
-            neighbour = 0
-        # The head's fields are numbers, I|R and hex digests: never a space inside one.
-        if self.ngatherers == 1:  # the usual case, without the loops
-            msg_id, body = messages[0] or _NO_MESSAGE
-            self.args += (f"{ts} {block} {neighbour} {code} {ids.user} {ids.session} "
-                          f"{ids.client} {msg_id}", body)  # fmt: skip
-        else:
-            head = f"{ts} {block} {neighbour} {code} {ids.user} {ids.session} {ids.client}"
-            self.args.append(" ".join([head, *((m or _NO_MESSAGE)[0] for m in messages)]))
-            self.args += [(m or _NO_MESSAGE)[1] for m in messages]
+            field = f"kI:{user}{url_key}"
+            msg = action_id(item, field, ts) if self.ngatherers else "-"
+            self.args.append(f"{ts} {into_day} {own} {prev} {nxt} I {ids.kind} L:{event.line} "
+                             f"{field} I:{session} v:{ids.client} {msg}")
+        if self.ngatherers:
+            self.args += bodies
         self.size += 1
 
-    def _block(self, item: str, day: int, code: str, ts: int) -> int:
-        block = self._blocks[item, day, code] = len(self._block_items)
-        self._block_items.append(item)
-        self._block_keys += self.store._block(item, day, code)
-        if day not in self._ttls:  # counter.day_state_ttl, once per day and batch
-            self._ttls[day] = day_state_ttl(ts, self.now, self.store.grace_s)
-        return block
+    def _hash(self, item: str, day: int) -> int:
+        n = self._items.get(item)
+        if n is None:
+            self._item_ids.append(item)
+            self._item_keys += self.store._keys_of(item)
+            n = self._items[item] = len(self._item_ids)
+        d = self._days.get(day)
+        if d is None:
+            name, month = self.store._day(day)
+            self._day_args += (day, name, month, day_state_ttl(day, self.now, self.store.grace_s),
+                               self.store._day(day + 1)[0], *self.store._day(day - 1))
+            self._day_keys += (keys.volume(name), keys.accounting(month))
+            d = self._days[day] = len(self._days) + 1
+        self._hash_keys.append(keys.day_state(self.store._day(day)[0], item))
+        self._hash_args += (d, n)
+        h = self._hashes[item, day] = len(self._hash_keys)
+        return h
 
-    def _neighbour(self, item: str, day: int) -> int:
-        found = self._neighbours.get((item, day))
-        if found is None:
-            self._neighbour_keys.append(self.store._day_hash(item, day))
-            found = self._neighbours[item, day] = len(self._neighbour_keys)
-        return found
+    def items(self) -> list[str]:
+        """The items of the batch's clicks (for ``objectitems``)."""
+        return list(self._item_ids)
+
+    def hashes(self) -> list[tuple[int, str]]:
+        """The day hashes the batch reads or writes, as ``(day number, key)``."""
+        return [(day, self._hash_keys[h - 1]) for (_, day), h in self._hashes.items()]
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
         """Queue the script call on ``pipe`` (nothing when the batch is empty)."""
         if not self.size:
             return
-        days: list[Any] = []
-        for day, ttl in self._ttls.items():
-            days += (day, *self.store._day(day), ttl)
-        all_keys = self._head + self._block_keys + self._neighbour_keys
+        all_keys = self._gatherer_keys + self._day_keys + self._item_keys + self._hash_keys
+        hold = self.store.hold_s()
         pipe.eval(
-            COUNT_LUA, len(all_keys), *all_keys, self.window, self.now, self.ngatherers,
-            len(self._ttls), len(self._block_items), *days, *self._block_items, *self.args,
+            COUNT_LUA, len(all_keys), *all_keys, self.window, int(self.now) + hold,
+            1 if self.hold else 0, self.ngatherers, len(self._days), len(self._item_ids),
+            len(self._hash_keys), self.store.volume_per_day, hold,
+            *self._day_args, *self._item_ids, *self._hash_args, *self.args,
         )  # fmt: skip

@@ -21,22 +21,20 @@ Rotation:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import redis
 
-from pirus_bridge.chain import Chain, IngestSummary
+from pirus_bridge import keys
+from pirus_bridge.chain import IngestSummary, Stages
 from pirus_bridge.config import Config
-from pirus_bridge.counter import ReorderBuffer, event_from_json
-from pirus_bridge.events import UsageEvent
-from pirus_bridge.sources import Block, open_log
+from pirus_bridge.sources import DEFAULT_MAX_LINE_BYTES, Block, open_log
 from pirus_bridge.store import text
 
 log = logging.getLogger(__name__)
@@ -93,8 +91,11 @@ class Follower:
         poll_s: float = 0.25,
         idle_ticks: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.path = Path(path)
+        # of a line longer than log.max_line_bytes (unparsed either way) only the start is kept
+        self.keep_bytes = 4 * max_line_bytes + 4
         self.poll_s = poll_s
         self.idle_ticks = idle_ticks
         self.sleep = sleep
@@ -213,19 +214,27 @@ class Follower:
             f = self._f
             if f is None:
                 return
+        keep = self.keep_bytes
         while True:
-            raw = f.readline()
+            raw = f.readline(keep)
             if not raw:
                 return
-            if not raw.endswith(b"\n"):  # half-written: wait for the rest
-                f.seek(self.offset)
-                return
+            size = len(raw)
+            if not raw.endswith(b"\n"):
+                if size < keep:  # half-written: wait for the rest
+                    f.seek(self.offset)
+                    return
+                rest = _skip_line(f)  # too long to parse: keep only its start
+                if rest is None:  # its end is not written yet
+                    f.seek(self.offset)
+                    return
+                size += rest
             text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             if self.identity is None:
                 self.identity = _identity(text) if self.offset == 0 else first_line_identity(
                     os.pread(f.fileno(), IDENTITY_BYTES + 1, 0))
             before = self.offset
-            self.offset += len(raw)
+            self.offset += size
             self.line += 1
             if self.identity is not None:
                 self._last = Position(self.identity, self.offset, self.line)
@@ -254,15 +263,28 @@ class Follower:
         return False
 
 
+def _skip_line(f: BinaryIO) -> int | None:
+    """Read past the end of the current line; how many bytes that took, or None when the
+    line's end is not in the file yet."""
+    skipped = 0
+    while True:
+        more = f.readline(1 << 20)
+        if not more:
+            return None
+        skipped += len(more)
+        if more.endswith(b"\n"):
+            return skipped
+
+
 class TailCheckpoint:
-    """A followed file's position and held events, under ``tail:<absolute path>``.
+    """A followed file's position, under ``tail:<absolute path>``.
 
     The position written is the follower's own (which may still be inside a rotated file), not
     the offset the loop passes, so a restart resumes exactly after the last committed line.
     """
 
     def __init__(self, path: Path, follower: Follower) -> None:
-        self.key = f"tail:{path.resolve()}"
+        self.key = keys.tail_position(str(path.resolve()))
         self.follower = follower
 
     def saved_position(self, r: redis.Redis) -> Position | None:
@@ -271,39 +293,30 @@ class TailCheckpoint:
             return None
         return Position.from_dict({text(k): text(v) for k, v in raw.items()})
 
-    def load(self, r: redis.Redis) -> tuple[int, int, list[UsageEvent]] | None:
-        raw = r.hget(self.key, "held")
-        held = [event_from_json(d) for d in json.loads(raw)] if raw else []
-        return 0, 0, held
-
     def write(self, pipe: redis.client.Pipeline, offset: int, line: int,
-              held: list[str]) -> None:
+              last_texts: Sequence[str]) -> None:
         pos = self.follower.position()
         if pos is None:
             return
         pipe.hset(self.key, mapping={
             "identity": pos.identity, "offset": pos.offset, "line": pos.line,
-            "held": f"[{','.join(held)}]", "updated": int(time.time()),
+            "updated": int(time.time()),
         })
 
 
-def follow(cfg: Config, r: redis.Redis, path: str | Path, *, chain: Chain | None = None,
+def follow(cfg: Config, r: redis.Redis, path: str | Path, *, stages: Stages | None = None,
            follower: Follower | None = None) -> IngestSummary:
     """Follow ``path`` into the usage model until ``follower.stopping`` is set (``tail``)."""
     from pirus_bridge.ingest import Ingester
 
     path = Path(path)
-    follower = follower or Follower(path)
+    follower = follower or Follower(path, max_line_bytes=cfg.log.max_line_bytes)
     checkpoint = TailCheckpoint(path, follower)
     follower.resume(checkpoint.saved_position(r))
-    buffer = ReorderBuffer(cfg.counting.reorder_window_s)
-    saved = checkpoint.load(r)
-    for event in saved[2] if saved else []:
-        buffer.push(event)
     summary = IngestSummary()
     try:
-        Ingester(cfg, r, chain=chain).run(follower, checkpoint, buffer, summary,
-                                          name=str(path), drain=False)
+        Ingester(cfg, r, stages=stages).run(follower, checkpoint, summary, name=str(path),
+                                            kind="tail")
     finally:
         follower.close()
     return summary

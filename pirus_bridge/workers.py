@@ -24,12 +24,11 @@ from pathlib import Path
 import redis
 
 from pirus_bridge import keys
-from pirus_bridge.chain import Chain
+from pirus_bridge.chain import IngestSummary, Stages, build
 from pirus_bridge.config import Config
-from pirus_bridge.counter import ReorderBuffer, event_from_json, event_json
-from pirus_bridge.events import UsageEvent
-from pirus_bridge.ingest import IngestSummary
+from pirus_bridge.counter import event_from_json, event_json, utc_month
 from pirus_bridge.queues import CATEGORY_QUEUES, COUNT, HEARTBEAT_S, LOGLINES, ReliableQueue
+from pirus_bridge.redisconn import AVAILABILITY
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,9 @@ class Worker:
                                             moved, q.name)
                         last_recover = time.monotonic()
                     self.step()
+                    AVAILABILITY.ok()
                 except (redis.ConnectionError, redis.TimeoutError) as e:
-                    log.warning("%s worker: Redis unavailable (%s); retrying", self.role, e)
+                    AVAILABILITY.lost(e)  # one log line per change of state, not per retry
                     interrupted = True
                     self.stopping.wait(2.0)
         finally:
@@ -114,10 +114,11 @@ class ClassifierWorker(Worker):
 
     role = "classifier"
 
-    def __init__(self, cfg: Config, r: redis.Redis, chain: Chain | None = None) -> None:
+    def __init__(self, cfg: Config, r: redis.Redis, stages: Stages | None = None) -> None:
         super().__init__(cfg, r)
-        self.chain = chain or Chain(cfg, r)
+        self.stages = stages or build(cfg, r)
         self.queue = ReliableQueue(r, LOGLINES)
+        self.month = utc_month(int(time.time()))  # for lines without a time of their own
         self.queues = [self.queue]
 
     def step(self) -> None:
@@ -126,13 +127,22 @@ class ClassifierWorker(Worker):
             return
         routed: dict[str, list[bytes]] = {}
         events: list[str] = []
+        months: dict[str, dict[str, int]] = {}
+        sort = self.stages.chain.sort
         for raw in items:
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
-            category, event = self.chain.line(text)
-            routed.setdefault(CATEGORY_QUEUES[category.value], []).append(raw)
-            if event is not None:
-                events.append(event_json(event))
+            result = sort((raw.decode("utf-8", "replace").rstrip("\r\n"),), self.month)
+            category = next((c for c, n in result.counts.items() if n), None)
+            if category is None:  # a blank or comment line: dropped
+                continue
+            for month, counts in result.months.items():
+                into = months.setdefault(month, {})
+                for key, n in counts.items():
+                    into[key] = into.get(key, 0) + n
+                self.month = month
+            routed.setdefault(CATEGORY_QUEUES[category], []).append(raw)
+            events += [event_json(e) for e in result.events]
         pipe = self.r.pipeline(transaction=True)
+        self.stages.add_accounting(pipe, months, seed_counters=False)  # the logger's job
         for name, lines in routed.items():
             pipe.lpush(name, *lines)
         if events:
@@ -143,45 +153,35 @@ class ClassifierWorker(Worker):
 
 
 class CounterWorker(Worker):
-    """``q:count`` → the usage model and the outbox, in event-time order."""
+    """``q:count`` → the usage model and the outbox.
+
+    Counting is order-independent (``lua/count.lua``), so any number of counters can share the
+    queue: each batch is counted as it comes, and its messages wait out the double-click window
+    and the reorder window before they are due (``UsageStore.batch``)."""
 
     role = "counter"
 
-    def __init__(self, cfg: Config, r: redis.Redis, chain: Chain | None = None) -> None:
+    def __init__(self, cfg: Config, r: redis.Redis, stages: Stages | None = None) -> None:
         super().__init__(cfg, r)
-        self.chain = chain or Chain(cfg, r)
+        self.stages = stages or build(cfg, r)
         self.queue = ReliableQueue(r, COUNT)
         self.queues = [self.queue]
-        self.buffer = ReorderBuffer(cfg.counting.reorder_window_s)
         self.summary = IngestSummary()
 
     def step(self) -> None:
         items = self.queue.take(self.batch_size, BLOCK_S)
-        released: list[UsageEvent] = []
-        for raw in items:
-            released += self.buffer.push(event_from_json(json.loads(raw)))
         if not items:
-            # Idle: nothing earlier than the window can still be on its way.
-            released = self.buffer.release_before(int(time.time()) - self.buffer.window_s)
-            if not released:
-                return
-        self.commit(released)
-        self.processed += len(items)
-
-    def commit(self, events: list[UsageEvent]) -> None:
+            return
+        events = [event_from_json(json.loads(raw)) for raw in items]
         pipe = self.r.pipeline(transaction=True)
-        prepared = self.chain.prepare(pipe, events)
-        held = self.buffer.held_json()
-        self.queue.ack(pipe, keep=held)
+        shifted: dict[str, dict[str, int]] = {}
+        events = self.stages.settle(pipe, events, shifted)
+        self.stages.add_accounting(pipe, shifted, seed_counters=False)  # the logger's job
+        prepared = self.stages.recorder.prepare(pipe, events)
+        self.queue.ack(pipe)
         replies = pipe.execute()
-        self.chain.account(prepared, replies, self.summary)
-
-    def reset(self) -> None:
-        """The held events are back on ``q:count`` with the rest."""
-        self.buffer = ReorderBuffer(self.cfg.counting.reorder_window_s)
-
-    def finish(self) -> None:
-        """Held events stay in the processing list and go back to ``q:count`` on stop."""
+        self.stages.recorder.account(prepared, replies, self.summary)
+        self.processed += len(items)
 
 
 class LoggerWorker(Worker):

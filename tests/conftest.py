@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -35,6 +36,15 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``serve_api(cfg, r)``: the COUNTER API of ``cfg`` on a real HttpServer, its clock set
+    (``tests.r51_support.api_servers``)."""
+    from tests.r51_support import api_servers
+
+    yield from api_servers(monkeypatch)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from tests.helpers import ROOT
 
 IRUS = {"irus": {"url": "http://127.0.0.1:9/counter/", "metrics": ["request", "investigation"]}}
 MONTH = "2024-03"  # bench.loggen's default start is 2024-03-04
-COUNTING = ("c:*", "dly:*", "u:*", "t:*", "d[vd]:*", "objectitems", "ob:*")
+COUNTING = ("c:*", "dly:*", "u:*", "t:*", "d[vd]:*", "objectitems", "ob:*", "acct:*")
 CATEGORY_KEYS = ("u:bothits", "u:objectviews", "u:fof", "u:other", "u:unparsed")
 QUEUES = ("q:loglines", "q:count", "q:bothits", "q:objectviews", "q:fof", "q:other",
           "q:unparsed")
@@ -133,15 +133,9 @@ def stamp_key(line: str) -> tuple[int, int, int, int]:
 
 def generated_lines(tmp_path: Path, n: int, *, seed: int = 11, in_order: bool = True,
                     days: float = 2.0) -> list[str]:
-    """``n`` lines of ``bench.loggen`` (newline-terminated).
-
-    ``in_order`` sorts them by timestamp (stable). A live run releases held events on the wall
-    clock whenever its input pauses, which for these old timestamps is all of them; a line
-    written after such a pause and stamped a few seconds earlier than one already counted would
-    then be counted out of order (it is within the reorder window for bulk ingest). The tests
-    that pause at arbitrary points (kills, rotations) use ordered lines so that both runs see
-    the events in the same order.
-    """
+    """``n`` lines of ``bench.loggen`` (newline-terminated), sorted by timestamp (stable)
+    with ``in_order``. Counting does not depend on the order; the sorted logs are closer to
+    what a web server writes."""
     from bench.loggen import generate_log
 
     path = tmp_path / f"gen-{seed}-{n}.log"
@@ -187,8 +181,7 @@ def processing_items(r: redis.Redis) -> int:
 
 def pipeline_settled(r: redis.Redis, total: int) -> bool:
     """Every line through every queue worker: queues and processing lists empty, every line
-    logged. The counter's processing list also holds its reorder buffer, so it is empty only
-    once every held event is counted."""
+    logged."""
     return (lines_counted(r) == total and not any(r.llen(q) for q in QUEUES)
             and processing_items(r) == 0)
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import random
 from pathlib import Path
 
 import pytest
 
-from pirus_bridge.logparse import LogFormat, LogRecord, _fast_parser, apache_time_to_epoch
+from pirus_bridge.logparse import (
+    NAMED_FORMATS,
+    SKIPPED,
+    LogFormat,
+    LogRecord,
+    _fast_parser,
+    apache_time_to_epoch,
+)
 from pirus_bridge.sources import open_log
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "logs"
@@ -154,9 +162,7 @@ def _random_text(seed: int) -> str:
     return bytes(rng.randrange(256) for _ in range(200)).decode("utf-8", "replace")
 
 
-BROKEN = [
-    ("empty", ""),
-    ("spaces", "   \t "),
+BROKEN = [  # (blank lines are skipped, not broken: see test_blank_and_comment_lines_…)
     ("random bytes", _random_text(1)),
     ("random bytes 2", _random_text(2)),
     ("nul inside", COMBINED.replace("Linux", "Li\x00nux")),
@@ -221,11 +227,60 @@ def test_compile_session_directive(
     assert LogFormat.compile(spec, session=session).parse(COMBINED + extra) == rec(session=expected)
 
 
-def test_compile_client_from_forwarded_header() -> None:
-    spec = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{X-Forwarded-For}i"'
-    fmt = LogFormat.compile(spec, client="%{x-forwarded-for}i")
-    parsed = fmt.parse(COMBINED.replace("192.0.2.1", "10.0.0.1") + ' "198.51.100.7, 10.0.0.1"')
+XFF_SPEC = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{X-Forwarded-For}i"'
+PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ffff::/48"))
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "client"),
+    [
+        # one trusted proxy in front: the entry it appended is the client
+        ("10.0.0.1", "198.51.100.7", "198.51.100.7"),
+        # two trusted proxies: walk past both
+        ("10.0.0.2", "198.51.100.7, 10.0.0.1", "198.51.100.7"),
+        # spoofed: the client sent "X-Forwarded-For: 203.0.113.66" itself; the proxy appended
+        # the real address on the right, which is where the walk stops
+        ("10.0.0.1", "203.0.113.66, 198.51.100.7", "198.51.100.7"),
+        ("10.0.0.1", "1.1.1.1, 203.0.113.66, 198.51.100.7, 10.0.0.9", "198.51.100.7"),
+        # a direct client (not a trusted proxy) cannot choose its address with the header
+        ("198.51.100.9", "203.0.113.66", "198.51.100.9"),
+        # no header, or "-": the proxy itself made the request
+        ("10.0.0.1", "-", "10.0.0.1"),
+        # ports and IPv6 forms
+        ("10.0.0.1", "198.51.100.7:51234", "198.51.100.7"),
+        ("10.0.0.1", "[2001:db8::7]:443", "2001:db8::7"),
+        ("2001:db8:ffff::1", "2001:db8::7", "2001:db8::7"),
+        # "unknown" hides everything to its left: the last trusted hop is all that is known
+        ("10.0.0.1", "198.51.100.7, unknown, 10.0.0.5", "10.0.0.5"),
+        # every hop trusted: the leftmost is the client
+        ("10.0.0.1", "10.1.1.1, 10.0.0.5", "10.1.1.1"),
+    ],
+)
+def test_compile_client_walks_forwarded_for_from_the_right(
+    peer: str, header: str, client: str
+) -> None:
+    fmt = LogFormat.compile(XFF_SPEC, client="%{X-Forwarded-For}i", trusted_proxies=PROXIES)
+    parsed = fmt.parse(COMBINED.replace("192.0.2.1", peer) + f' "{header}"')
+    assert parsed == rec(ip=client)
+
+
+def test_compile_client_without_trusted_proxies_trusts_only_the_peer() -> None:
+    fmt = LogFormat.compile(XFF_SPEC, client="%{x-forwarded-for}i")
+    parsed = fmt.parse(COMBINED.replace("192.0.2.1", "10.0.0.1") + ' "203.0.113.66, 198.51.100.7"')
     assert parsed == rec(ip="198.51.100.7")
+
+
+def test_compile_trusted_proxies_need_the_header_in_the_format() -> None:
+    with pytest.raises(ValueError, match="does not appear"):
+        LogFormat.compile("combined", client="%{X-Forwarded-For}i", trusted_proxies=PROXIES)
+    with pytest.raises(ValueError, match="forwarding header"):
+        LogFormat.compile(XFF_SPEC, trusted_proxies=PROXIES)
+
+
+@pytest.mark.parametrize(("spec", "logged"), [("combined", True), ("common", False),
+                                               ("vhost_combined", True), (XFF_SPEC, True)])
+def test_compile_says_whether_the_user_agent_is_logged(spec: str, logged: bool) -> None:
+    assert LogFormat.compile(spec).logs_user_agent is logged
 
 
 @pytest.mark.parametrize(
@@ -267,5 +322,65 @@ def test_broken_fixture_exactly_the_good_lines_parse() -> None:
     good = _load_generator().GOOD_LINES  # type: ignore[attr-defined]
     fmt = LogFormat.compile("combined")
     with open_log(str(FIXTURES / "broken.log")) as source:
-        parsed = [lineno for lineno, _, text in source if fmt.parse(text) is not None]
+        parsed = [lineno for lineno, _, text in source if fmt.parse(text) not in (None, SKIPPED)]
     assert parsed == list(good)
+
+
+# --- odd lines: doubled spaces, far-future times, blank and comment lines -----------------------
+
+_DOUBLED = {
+    "combined": '192.0.2.1  -  -  [14/Oct/2026:10:00:00 +0000]  "GET  /1234/  HTTP/1.1"  200  5'
+                '  "-"  "UA x"',
+    "nginx": '192.0.2.1 -  - [14/Oct/2026:10:00:00 +0000] "GET /1234/ HTTP/1.1"  200 5 "-"  "UA x"',
+    "common": '192.0.2.1  - -  [14/Oct/2026:10:00:00 +0000]  "GET /1234/ HTTP/1.1"  200  5',
+    "vhost_combined": 'eprints.example.ac.uk:443  192.0.2.1  - - [14/Oct/2026:10:00:00 +0000]'
+                      '  "GET /1234/ HTTP/1.1" 200  5  "-" "UA x"',
+    '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" %D':
+        '192.0.2.1 -  - [14/Oct/2026:10:00:00 +0000] "GET /1234/ HTTP/1.1" 200 5  "-" "UA x"  12',
+    '%a %t %m %U%q %H %>s %B':
+        '192.0.2.1  [14/Oct/2026:10:00:00 +0000]  GET  /1234/  HTTP/1.1  200  5',
+}
+
+
+@pytest.mark.parametrize("fmt", list(_DOUBLED))
+def test_parse_accepts_doubled_spaces_between_fields(fmt: str) -> None:
+    rec = LogFormat.compile(fmt).parse(_DOUBLED[fmt])
+    assert rec is not None, fmt
+    assert (rec.ip, rec.method, rec.url, rec.status, rec.size) == (
+        "192.0.2.1", "GET", "/1234/", 200, 5)
+    assert rec.ts == 1791972000
+
+
+@pytest.mark.parametrize("when", ["14/Oct/9999:10:00:00 +0000", "01/Jan/2999:00:00:00 +0000"])
+def test_parse_rejects_times_far_in_the_future(when: str) -> None:
+    line = f'192.0.2.1 - - [{when}] "GET /1234/ HTTP/1.1" 200 5 "-" "UA x"'
+    assert LogFormat.compile("combined").parse(line) is None
+    regex_path = LogFormat.compile(NAMED_FORMATS["combined"] + " %D")
+    assert regex_path.parse(line + " 5") is None
+    assert regex_path.parse(line.replace("9999", "2026").replace("2999", "2026") + " 5")
+
+
+def test_parse_allows_clocks_that_disagree_a_little() -> None:
+    import datetime as dt
+    import time
+
+    soon = dt.datetime.fromtimestamp(time.time() + 3600, dt.UTC)
+    line = (f'192.0.2.1 - - [{soon.strftime("%d/%b/%Y:%H:%M:%S +0000")}] "GET / HTTP/1.1" 200 5'
+            ' "-" "UA x"')
+    assert LogFormat.compile("combined").parse(line) is not None
+
+
+def test_parse_rejects_far_future_epoch_and_strftime_times() -> None:
+    sec = LogFormat.compile('%h %{sec}t "%r" %>s %b')
+    assert sec.parse('192.0.2.1 1791972000 "GET / HTTP/1.1" 200 5') is not None
+    assert sec.parse('192.0.2.1 253402300799 "GET / HTTP/1.1" 200 5') is None
+    iso = LogFormat.compile('%h [%{%Y-%m-%dT%H:%M:%S}t] "%r" %>s %b')
+    assert iso.parse('192.0.2.1 [2026-10-14T10:00:00] "GET / HTTP/1.1" 200 5') is not None
+    assert iso.parse('192.0.2.1 [9999-10-14T10:00:00] "GET / HTTP/1.1" 200 5') is None
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\t", "#Fields: date time c-ip cs-uri-stem",
+                                  "# a comment", "  # indented comment"])
+@pytest.mark.parametrize("fmt", ["combined", "common", '%h %t "%r" %>s %b'])
+def test_blank_and_comment_lines_are_skipped_not_unparsed(line: str, fmt: str) -> None:
+    assert LogFormat.compile(fmt).parse(line) is SKIPPED

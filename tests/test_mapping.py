@@ -56,6 +56,8 @@ def test_mapping_shipped_url_table(spec: dict[str, Any], case: dict[str, Any]) -
         assert found.oai_identifier == case["oai"]
     if "svc" in case:
         assert found.url == case["svc"]
+    if "resolve" in case:
+        assert (found.resolve.value if found.resolve else None) == case["resolve"]
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda p: p.stem)
@@ -277,3 +279,18 @@ def test_mapping_joined_regex_keeps_named_backreferences() -> None:
     found = mapping.match("/5/5")
     assert found is not None and found.item == "5"
     assert mapping.match("/5/6") is None
+
+
+def test_mapping_resolve_key_is_validated_and_explained() -> None:
+    with pytest.raises(MappingError) as info:
+        _from("rules:\n  - name: a\n    match: '^/(?P<id>\\d+)'\n    metric: request\n"
+              "    item: '{id}'\n    resolve: bundle\n"
+              "  - name: b\n    match: '^/x'\n    ignore: true\n    resolve: item\n")
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "t.yaml:6: rule 'a': resolve must be one of dspace-bitstream, dspace-item, item, " \
+           "main-file, not 'bundle'" in text
+    assert "t.yaml:10: rule 'b': an ignore rule takes no 'resolve'" in text
+    mapping = _load("dspace7.yaml")
+    url = "/server/api/core/bitstreams/9c8b7a6f-5e4d-4c3b-a2a1-0f9e8d7c6b5a/content"
+    assert "dspace-rest metadata provider answers (resolve: dspace-bitstream)" in (
+        mapping.explain(url).reason)

@@ -343,7 +343,7 @@ def test_cache_always_500_fails_softly_and_retries_later(
     server.script("/oai", [(500, b"down", "text/plain")])
     clock = Clock()
     cache = MetadataCache(r, oai_provider, retry_failed_after_s=3600, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="pirus_bridge.metadata"):
+    with caplog.at_level(logging.WARNING, logger="pirus_bridge.metadata.cache"):
         assert cache.get("1234", "oai:eprints.example.ac.uk:1234") is None
     assert server.count("/oai") == 3  # attempts
     assert len([rec for rec in caplog.records if rec.levelno == logging.WARNING]) == 1

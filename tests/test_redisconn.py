@@ -175,3 +175,72 @@ def test_redis_url_environment_is_validated(site: Path) -> None:
     assert proc.returncode == 1
     assert "PIRUS_BRIDGE_REDIS_URL" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- waiting for Redis ------------------------------------------------------------------------
+
+
+def test_wait_for_backs_off_then_gives_up_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pirus_bridge.redisconn import AVAILABILITY, wait_for
+
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    slept: list[float] = []
+    AVAILABILITY.ok()
+    with caplog.at_level("INFO", logger="pirus_bridge.redisconn"), \
+            pytest.raises(RedisUnavailable) as err:
+        wait_for(client, url=url, attempts=6, max_delay=3, sleep=slept.append)
+    assert slept == [0.5, 1.0, 2.0, 3.0, 3.0]  # exponential, capped
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+    assert all("s3cret" not in r.getMessage() for r in caplog.records)
+    AVAILABILITY.ok()
+
+
+def test_availability_logs_once_per_change(caplog: pytest.LogCaptureFixture) -> None:
+    from pirus_bridge.redisconn import Availability
+
+    now = [100.0]
+    a = Availability(clock=lambda: now[0])
+    a.url = "redis://127.0.0.1:1/0"
+    with caplog.at_level("WARNING", logger="pirus_bridge.redisconn"):
+        a.ok()
+        for _ in range(5):
+            a.lost(redis.ConnectionError("Connection refused"))
+        now[0] = 130.0
+        for _ in range(3):
+            a.ok()
+        a.lost(redis.TimeoutError("Timeout reading from socket"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert "unavailable (connection refused" in lines[0]
+    assert "available again (after 30 s without it)" in lines[1]
+    assert "Timeout reading" in lines[2]
+
+
+def test_service_stopped_while_waiting_exits_1_without_the_password(tmp_path: Path) -> None:
+    import signal
+
+    from tests.test_cli import write_config
+
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    config = write_config(tmp_path, url)
+    proc = subprocess.Popen([sys.executable, "-m", "pirus_bridge", "--config", str(config),
+                             "push"], stderr=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        assert proc.stderr is not None
+        lines.append(proc.stderr.readline())  # the warning that it waits
+        assert "unavailable" in lines[0], lines
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + rest
+    assert proc.returncode == 1, err
+    assert "stopped while waiting for Redis at redis://:***@127.0.0.1" in err
+    assert "s3cret" not in err and "Traceback" not in err

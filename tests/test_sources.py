@@ -1,4 +1,4 @@
-"""Log sources: plain and compressed files, stdin, offsets, resume, fingerprints, errors."""
+"""Log sources: plain and compressed files, stdin, offsets, resume, heads, look-back, errors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from pirus_bridge import sources
 from pirus_bridge.exceptions import InputError
-from pirus_bridge.sources import FINGERPRINT_BYTES, detect_compression, open_log
+from pirus_bridge.sources import HEAD_BYTES, detect_compression, open_log
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = (
@@ -118,7 +118,7 @@ def test_detect_compression(head: bytes, expected: str) -> None:
 def test_open_log_stdin_from_a_stream(compression: str) -> None:
     stream = io.BytesIO(COMPRESSORS[compression](CONTENT))
     with open_log("-", stdin=stream) as source:
-        assert source.fingerprint() is None
+        assert source.head() is None
         assert source.size_hint is None
         assert list(source) == EXPECTED
         assert source.position() > 0
@@ -145,31 +145,48 @@ def test_open_log_stdin_cannot_resume() -> None:
 
 
 @pytest.mark.parametrize("compression", COMPRESSORS)
-def test_fingerprint_same_for_plain_and_compressed(tmp_path: Path, compression: str) -> None:
+def test_head_same_for_plain_and_compressed(tmp_path: Path, compression: str) -> None:
     plain = open_log(write(tmp_path, CONTENT, "plain", "a"))
     other = open_log(write(tmp_path, CONTENT, compression, "b"))
     with plain, other:
-        assert plain.fingerprint() == other.fingerprint()
-        assert len(plain.fingerprint() or "") == 40
-        assert list(other) == EXPECTED  # fingerprinting does not disturb reading
-
-
-def test_fingerprint_differs_for_different_content(tmp_path: Path) -> None:
-    with open_log(write(tmp_path, CONTENT, "plain", "a")) as a:
-        with open_log(write(tmp_path, CONTENT + b"x", "plain", "b")) as b:
-            assert a.fingerprint() != b.fingerprint()
+        assert plain.head() == other.head() == CONTENT
+        assert list(other) == EXPECTED  # reading the head does not disturb reading
 
 
 @pytest.mark.parametrize("compression", ["plain", "gzip"])
-def test_fingerprint_stable_as_file_grows(tmp_path: Path, compression: str) -> None:
-    big = CONTENT.replace(b"last line without newline", b"") * 100
-    assert len(big) > FINGERPRINT_BYTES
-    path = write(tmp_path, big, compression, "log")
+def test_head_is_the_first_64_kib(tmp_path: Path, compression: str) -> None:
+    big = CONTENT.replace(b"last line without newline", b"") * 1000
+    assert len(big) > HEAD_BYTES
+    with open_log(write(tmp_path, big, compression, "log")) as source:
+        assert source.head() == big[:HEAD_BYTES]
+
+
+@pytest.mark.parametrize("compression", COMPRESSORS)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6])
+def test_lines_before_an_offset_are_the_lines_iteration_gives(
+    tmp_path: Path, compression: str, n: int
+) -> None:
+    path = write(tmp_path, CONTENT, compression, "log")
+    offset = EXPECTED[n - 1][1]
     with open_log(path) as source:
-        before = source.fingerprint()
-    Path(path).write_bytes(COMPRESSORS[compression](big + big))
+        assert source.lines_before(offset, 3) == [t for _, _, t in EXPECTED[max(0, n - 3):n]]
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_lines_before_an_offset_far_into_a_big_file(tmp_path: Path, compression: str) -> None:
+    lines = [f"line {i:07d}" for i in range(300_000)]
+    path = write(tmp_path, "\n".join(lines).encode() + b"\n", compression, "log")
+    offset = sum(len(t) + 1 for t in lines[:250_000])
     with open_log(path) as source:
-        assert source.fingerprint() == before
+        assert source.lines_before(offset, 4) == lines[249_996:250_000]
+
+
+def test_lines_before_refuses_offsets_past_the_end_or_inside_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, CONTENT, "plain", "log")
+    with open_log(path) as source, pytest.raises(InputError, match="shorter"):
+        source.lines_before(len(CONTENT) + 10, 2)
+    with open_log(path) as source, pytest.raises(InputError, match="end of a line"):
+        source.lines_before(80, 2)
 
 
 @pytest.mark.parametrize("with_lineno", [True, False])
@@ -245,7 +262,7 @@ def test_position_reaches_size_hint(tmp_path: Path, compression: str) -> None:
 def test_open_log_empty_file(tmp_path: Path) -> None:
     with open_log(write(tmp_path, b"", "plain")) as source:
         assert list(source) == []
-        assert source.fingerprint() is not None
+        assert source.head() == b""
 
 
 def test_open_log_iterates_once(tmp_path: Path) -> None:
@@ -253,3 +270,51 @@ def test_open_log_iterates_once(tmp_path: Path) -> None:
         list(source)
         with pytest.raises(InputError, match="only once"):
             iter(source)
+
+
+# --- endless lines ----------------------------------------------------------------------------
+
+
+def test_an_endless_line_costs_bounded_memory_and_keeps_exact_offsets(tmp_path: Path) -> None:
+    """A 128 MiB line of NULs, then an ordinary line: both come out, the first cut short (it is
+    unparsed anyway), with exact offsets, and reading never holds more than a few MB."""
+    import tracemalloc
+
+    from pirus_bridge.logparse import LogFormat
+
+    size = 128 << 20
+    normal = '192.0.2.1 - - [14/Oct/2026:10:00:00 +0000] "GET /1234/ HTTP/1.1" 200 5 "-" "UA"'
+    path = tmp_path / "nul.log"
+    with path.open("wb") as f:
+        zeros = b"\0" * (1 << 20)
+        for _ in range(size >> 20):
+            f.write(zeros)
+        f.write(b"\n" + normal.encode() + b"\n" + b"\0" * 300_000)  # and an unfinished one
+    tracemalloc.start()
+    try:
+        with open_log(str(path), max_line_bytes=16384) as src:
+            got = [(n, off, len(text), text if len(text) < 200 else "") for n, off, text in src]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    assert got == [
+        (1, size + 1, 4 * 16384 + 4, ""),
+        (2, size + 1 + len(normal) + 1, len(normal), normal),
+        (3, path.stat().st_size, 4 * 16384 + 4, ""),
+    ]
+    fmt = LogFormat.compile("combined", max_line_bytes=16384)
+    with open_log(str(path), max_line_bytes=16384) as src:
+        parsed = [fmt.parse(text) for _, _, text in src]
+    assert parsed[0] is None and parsed[1] is not None and parsed[2] is None
+    with open_log(str(path), start_offset=size + 1, start_lineno=1) as src:  # resume after it
+        assert [text for _, _, text in src][0] == normal
+
+
+def test_long_lines_within_a_chunk_are_kept_whole(tmp_path: Path) -> None:
+    long = "x" * 100_000
+    path = tmp_path / "long.log"
+    path.write_text(f"{long}\nshort\n")
+    with open_log(str(path), max_line_bytes=256) as src:
+        got = [(n, off, text) for n, off, text in src]
+    assert got == [(1, 100_001, long), (2, 100_007, "short")]

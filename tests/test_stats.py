@@ -35,11 +35,11 @@ def at(hms: str, d: str = "03/Oct/2026") -> str:
 
 
 LOG = [
-    clf(at("09:00:00"), "/1234/", ip=A),  # A views 1234: action, session A|09 (I)
-    clf(at("09:00:30"), "/1234/", ip=A),  # exactly 30 s later: double-click
+    clf(at("09:00:00"), "/1234/", ip=A),  # A views 1234: superseded by the next click
+    clf(at("09:00:30"), "/1234/", ip=A),  # exactly 30 s later: the chain's action, A|09 (I)
     clf(at("09:01:01"), "/1234/", ip=A),  # 31 s after the last click: a new action
-    clf(at("09:05:00"), "/1234/1/paper.pdf", ip=A),  # Request, session A|09 (R)
-    clf(at("09:05:10"), "/id/eprint/1234/1/paper.pdf", ip=A),  # same item and metric: dropped
+    clf(at("09:05:00"), "/1234/1/paper.pdf", ip=A),  # superseded by the next click
+    clf(at("09:05:10"), "/1234/1/paper.pdf", ip=A),  # the same URL: the action, A|09 (R)
     clf(at("09:30:00"), "/1234/", ip=B, ua=OTHER_PERSON),  # B: session B|09 (I)
     clf(at("10:15:00"), "/1234/", ip=A),  # next hour slice: session A|10 (I)
     clf(at("10:15:05"), "/1234/1/paper.pdf", ip=A, status=304),  # 304 counts: A|10 (R)
@@ -49,7 +49,7 @@ LOG = [
     clf(at("09:10:00"), "/1234/", ip=A, status=404),  # not counted
     clf(at("09:11:00"), "/1234/1/paper.pdf", ip=A, method="HEAD"),  # not counted
 ]
-# 1234, October: TII = views 09:00, 09:01:01, B 09:30, 10:15 + downloads 09:05, 10:15:05 = 6
+# 1234, October: TII = views 09:00:30, 09:01:01, B 09:30, 10:15 + downloads 09:05:10, 10:15:05
 #                UII = sessions A|09, B|09, A|10 = 3;  TIR = 2;  UIR = A|09, A|10 = 2
 #                daily 2026-10-03: views {A, B} = 2, downloads {A} = 1
 M_1234 = dict(zip(METRICS, [6, 3, 2, 2], strict=True))

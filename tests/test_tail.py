@@ -124,3 +124,24 @@ def test_file_that_does_not_exist_yet(tmp_path: Path) -> None:
     assert next(it) is None
     log.write_text(lines(1))
     assert take(it, 1) == ["line 0"]
+
+
+def test_follower_keeps_only_the_start_of_an_endless_line(tmp_path: Path) -> None:
+    """A line longer than log.max_line_bytes costs a bounded amount of memory, and the lines
+    after it are read with exact offsets."""
+    log = tmp_path / "access.log"
+    huge = b"\0" * (3 << 20)
+    log.write_bytes(b"first\n" + huge)  # the long line is still being written
+    follower = Follower(log, max_line_bytes=256, sleep=lambda s: None, idle_ticks=1)
+    follower.resume(None)
+    blocks = iter(follower)
+    assert next(blocks).texts == ["first"]
+    assert next(blocks) is None  # the long line's end is not there yet
+    with log.open("ab") as f:
+        f.write(b"\nafter\n")
+    long_line = next(blocks)
+    assert len(long_line.texts[0]) == 4 * 256 + 4
+    assert long_line.ends == [6 + len(huge) + 1]
+    after = next(blocks)
+    assert after.texts == ["after"] and after.ends == [6 + len(huge) + 1 + 6]
+    follower.close()

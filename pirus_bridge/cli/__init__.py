@@ -10,6 +10,7 @@ import redis
 from pirus_bridge import __version__
 from pirus_bridge.cli.app import App
 from pirus_bridge.exceptions import PirusBridgeError
+from pirus_bridge.redact import scrub
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,9 +36,9 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from pirus_bridge.cli import admin, delivery, service, usage
+    from pirus_bridge.cli import admin, counting, delivery, service, usage
 
-    for module in (admin, usage, delivery, service):
+    for module in (admin, usage, counting, delivery, service):
         for command in module.COMMANDS:
             cli.add_command(command)
 
@@ -56,10 +57,10 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except PirusBridgeError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {scrub(str(e))}", err=True)
         sys.exit(1)
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        click.echo(f"error: lost the connection to Redis: {e}", err=True)
+        click.echo(f"error: lost the connection to Redis: {scrub(str(e))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

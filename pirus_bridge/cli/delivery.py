@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from pirus_bridge.cli.app import App, emit_json, json_option, pass_app
+from pirus_bridge.cli.app import App, emit_json, json_option, pass_app, wait_for_redis
 from pirus_bridge.cli.usage import _month
 from pirus_bridge.config import GathererConfig
 from pirus_bridge.counter import event_to_json
@@ -19,6 +20,7 @@ from pirus_bridge.redact import redact_url, scrub
 
 
 def _gatherers(app: App, name: str | None) -> list[GathererConfig]:
+    app.redis  # noqa: B018 - reach Redis even with no gatherer: an unreachable one exits 1
     gatherers = app.config.gatherers
     if name is None:
         return list(gatherers.values())
@@ -49,15 +51,27 @@ def _when(ts: float | None) -> str:
 def push(app: App, gatherer_name: str | None, once: bool, as_json: bool) -> None:
     """Deliver due outbox messages to the gatherers (until stopped, or --once)."""
     from pirus_bridge.pusher import Pusher
+    from pirus_bridge.redisconn import AVAILABILITY, REDIS_ERRORS, wait_for
 
-    pushers = [Pusher(app.config, app.redis, g) for g in _gatherers(app, gatherer_name)
+    # --once is a one-shot (cron): Redis must be there now. Else wait for it, and survive it.
+    client = app.redis if once else wait_for_redis(app)
+    pushers = [Pusher(app.config, client, g) for g in _gatherers(app, gatherer_name)
                if g.enabled]
-    stop = _stop_on_signals(pushers)
+    stopping = threading.Event()
+    stop = _stop_on_signals(pushers, stopping)
     results: dict[str, Any] = {}
     try:
         while True:
             for p in pushers:
-                r = p.push_once()
+                try:
+                    r = p.push_once()
+                except REDIS_ERRORS as e:
+                    if once:
+                        raise
+                    AVAILABILITY.lost(e)  # leased messages come back after their lease
+                    wait_for(client, stop=stopping)
+                    break
+                AVAILABILITY.ok()
                 results[p.gatherer.name] = r.to_json()
                 if not as_json and (r.sent or r.retried or r.failed or r.released or once):
                     click.echo(f"{p.gatherer.name}: sent {r.sent}, retry later {r.retried}, "
@@ -79,12 +93,13 @@ def push(app: App, gatherer_name: str | None, once: bool, as_json: bool) -> None
         emit_json(results)
 
 
-def _stop_on_signals(pushers: list[Any]) -> dict[str, bool]:
+def _stop_on_signals(pushers: list[Any], stopping: threading.Event) -> dict[str, bool]:
     """SIGTERM/SIGINT: finish the request in hand, release nothing leased twice, exit."""
     stop = {"now": False}
 
     def handler(signum: int, frame: Any) -> None:
         stop["now"] = True
+        stopping.set()
         for p in pushers:
             p.stopping.set()
 
@@ -106,6 +121,7 @@ def outbox() -> None:
 @pass_app
 def outbox_stats(app: App, as_json: bool) -> None:
     """Pending, in flight, sent and failed messages per gatherer, and the oldest pending age."""
+    app.redis  # noqa: B018 - reach Redis even with no gatherer: an unreachable one exits 1
     data = {name: Outbox(app.redis, name).stats() for name in app.config.gatherers}
     if as_json:
         emit_json(data)
@@ -345,6 +361,7 @@ def failed_purge(app: App, ids: tuple[str, ...], all_: bool, older_than: float |
 @pass_app
 def reconcile(app: App, month: str, as_json: bool) -> None:
     """Per gatherer: events that qualified in a month, and how many were sent, failed, pending."""
+    app.redis  # noqa: B018 - reach Redis even with no gatherer: an unreachable one exits 1
     data = {name: Outbox(app.redis, name).month_counts(month) for name in app.config.gatherers}
     if as_json:
         emit_json(data)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pirus_bridge.cli.app import App, pass_app
+from pirus_bridge.cli.app import App, pass_app, wait_for_redis
 
 
 def _on_stop(stop: Any) -> None:
@@ -29,7 +29,7 @@ def serve(app: App) -> None:
     ``live.queue_workers``, the queue workers."""
     from pirus_bridge.scheduler import Service
 
-    service = Service(app.config, app.redis)
+    service = Service(app.config, wait_for_redis(app))
     click.echo(f"pirus-bridge serving: {service.describe()}; Ctrl-C to stop", err=True)
     service.run_forever()
     click.echo("stopped cleanly", err=True)
@@ -41,12 +41,25 @@ def serve(app: App) -> None:
 def tail(app: App, file: str) -> None:
     """Follow a growing log FILE across rotation into the counts and the outbox, resuming at
     its saved position after a restart."""
-    from pirus_bridge.tail import Follower, follow
+    from pirus_bridge.scheduler import follow_until_stopped
 
-    follower = Follower(file)
-    _on_stop(lambda: setattr(follower, "stopping", True))
+    r = wait_for_redis(app)
+    stopped = threading.Event()
+    followers: list[Any] = []
+
+    def stop() -> None:
+        stopped.set()
+        for f in followers:
+            f.stopping = True
+
+    def track(follower: Any) -> None:
+        followers[:] = [follower]
+        if stopped.is_set():
+            follower.stopping = True
+
+    _on_stop(stop)
     click.echo(f"following {file}; Ctrl-C to stop", err=True)
-    s = follow(app.config, app.redis, file, follower=follower)
+    s = follow_until_stopped(app.config, r, file, stopped, track)
     click.echo(f"stopped: {s.lines:,} line(s), {s.investigations:,} investigation(s), "
                f"{s.requests:,} request(s) counted", err=True)
 
@@ -59,7 +72,7 @@ def worker(app: App, role: str) -> None:
     q:count), counter (q:count → counts and outbox) or logger (category queues → log files)."""
     from pirus_bridge.workers import make_worker
 
-    w = make_worker(role, app.config, app.redis)
+    w = make_worker(role, app.config, wait_for_redis(app))
     _on_stop(w.stop)
     click.echo(f"{role} worker running; Ctrl-C to stop", err=True)
     failure: list[Exception] = []

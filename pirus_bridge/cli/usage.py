@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from pirus_bridge import keys
 from pirus_bridge.cli.app import App, emit_json, is_terminal, json_option, pass_app
+from pirus_bridge.exceptions import PirusBridgeError
 from pirus_bridge.ingest import IngestSummary
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -60,9 +62,12 @@ def ingest(app: App, files: tuple[str, ...], no_send: bool, as_json: bool) -> No
 
     ingester = Ingester(app.config, app.redis, send=not no_send, mapping=app.mapping)
     summary = IngestSummary()
-    with _progress(is_terminal() and not as_json) as progress:
-        for path in files:
-            ingester.ingest(path, summary, progress)
+    try:
+        with _progress(is_terminal() and not as_json) as progress:
+            for path in files:
+                ingester.ingest(path, summary, progress)
+    finally:
+        ingester.close()
     if as_json:
         emit_json(summary.to_json())
         return
@@ -75,8 +80,12 @@ def _print_summary(s: IngestSummary) -> None:
         ("lines", s.lines), ("parsed", s.parsed), ("unparsed", s.unparsed), ("robots", s.bots),
         ("not found (4xx/5xx)", s.notfound), ("other", s.other),
         ("investigations counted", s.investigations), ("requests counted", s.requests),
-        ("double-clicks dropped", s.double_clicks),
+        ("double-clicks (superseded)", s.double_clicks),
     ]
+    if s.replayed:
+        rows.append(("already counted (replayed)", s.replayed))
+    if s.unidentified:
+        rows.append(("usage lines without an OAI identifier (not deliverable)", s.unidentified))
     rows += [(f"enqueued for {g}", n) for g, n in s.enqueued.items()]
     width = max(len(label) for label, _ in rows)
     for label, n in rows:
@@ -118,7 +127,12 @@ def stats_item(app: App, item_id: str, as_json: bool) -> None:
     """COUNTER metrics, months and the daily series of one item (the id the mapping captured)."""
     from pirus_bridge.store import UsageStore
 
-    data = UsageStore(app.redis).item_stats(item_id)
+    store = UsageStore(app.redis)
+    data = store.item_stats(item_id)
+    if not data["months"] and not app.redis.sismember(keys.OBJECTITEMS, item_id):
+        raise PirusBridgeError(f"no usage counted for item {item_id!r}: not an item id the "
+                               "mapping captured so far (see `mapping test URL` for a URL's "
+                               "item id, `stats top` for counted items)")
     if as_json:
         emit_json(data)
         return
@@ -165,13 +179,50 @@ def stats_top(app: App, month: str | None, metric: str, limit: int, as_json: boo
         click.echo(f"  {row[metric]:>8,}  {row['item']:<30} {spark}")
 
 
+R51_FILTERS = ("data_type", "access_type", "access_method", "yop", "item_id", "metric_type")
+
+
 @click.command()
 @click.option("--month", required=True, type=_month, help="YYYY-MM")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "json"]), default="tsv",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "json", "r51-json", "r51-tsv"]),
+              default="tsv", show_default=True,
+              help="r51-json / r51-tsv: the COUNTER R5.1 Item Report, as the COUNTER API "
+                   "serves it.")
+@click.option("--to", "to_month", type=_month,
+              help="R5.1 formats: the last month of a multi-month report (default: --month).")
+@click.option("--attributes-to-show", default="YOP|Access_Type|Access_Method", show_default=True,
+              help="R5.1 formats: optional elements, |-separated (COUNTER attributes_to_show: "
+                   "Authors, Publication_Date, Article_Version, YOP, Access_Type, "
+                   "Access_Method); '' for none.")
+@click.option("--granularity", type=click.Choice(["Month", "Totals"]), default="Month",
+              show_default=True, help="r51-json: usage per month, or one total for the period.")
+@click.option("--filter", "filters", multiple=True, metavar="NAME=VALUE",
+              help=f"R5.1 formats: a COUNTER report filter ({', '.join(R51_FILTERS)}); "
+                   "values |-separated. Repeatable.")
+@click.option("--exclude-monthly-details", is_flag=True,
+              help="r51-tsv: the Reporting_Period_Total column only.")
 @pass_app
-def report(app: App, month: str, fmt: str) -> None:
-    """COUNTER-style item report for a month (TSV or JSON)."""
+def report(app: App, month: str, fmt: str, to_month: str | None, attributes_to_show: str,
+           granularity: str, filters: tuple[str, ...], exclude_monthly_details: bool) -> None:
+    """COUNTER item report for a month: TSV or JSON rows, or the R5.1 Item Report (IR)."""
+    if fmt.startswith("r51-"):
+        params = {"begin_date": month, "end_date": to_month or month,
+                  "attributes_to_show": attributes_to_show, "granularity": granularity}
+        for text in filters:
+            name, sep, value = text.partition("=")
+            if not sep or name not in R51_FILTERS:
+                raise click.BadParameter(f"expected NAME=VALUE with NAME one of "
+                                         f"{', '.join(R51_FILTERS)}, not {text!r}",
+                                         param_hint="--filter")
+            params[name] = value
+        if fmt == "r51-tsv" and granularity != "Month":
+            raise click.UsageError("r51-tsv has monthly columns; use --exclude-monthly-details "
+                                   "for totals only")
+        _r51_report(app, params, fmt, exclude_monthly_details)
+        return
+    if to_month or filters or exclude_monthly_details or granularity != "Month":
+        raise click.UsageError("--to, --filter, --granularity and --exclude-monthly-details "
+                               "are for --format r51-json and r51-tsv")
     from pirus_bridge.store import UsageStore
 
     rows = UsageStore(app.redis).report(month)
@@ -191,6 +242,23 @@ def report(app: App, month: str, fmt: str) -> None:
         out.write("\t".join(str(row[c] if row[c] is not None else "") for c in columns) + "\n")
 
 
+def _r51_report(app: App, params: dict[str, str], fmt: str,
+                exclude_monthly_details: bool) -> None:
+    from pirus_bridge.r51.reader import UsageReader
+    from pirus_bridge.r51.report import item_report_tsv
+    from pirus_bridge.r51.request import parse_ir_request
+    from pirus_bridge.r51.service import ReportService
+
+    service = ReportService(app.config, UsageReader(app.redis))
+    req = parse_ir_request(params, today=service.today(), platforms=service.platforms(),
+                           exclude_monthly_details=exclude_monthly_details)
+    data = service.item_report(req)
+    if fmt == "r51-json":
+        emit_json(data)
+    else:
+        sys.stdout.write(item_report_tsv(data, req))
+
+
 def _month_end(month: str) -> str:
     first = dt.date.fromisoformat(month + "-01")
     nxt = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
@@ -208,8 +276,14 @@ def entity() -> None:
 @pass_app
 def entity_bundle(app: App, name: str, entity_keys: tuple[str, ...]) -> None:
     """Assert that ENTITY_KEYS (e.g. n:092f…) are one person or thing, as bundle NAME."""
-    from pirus_bridge.entities import bundle_entities
+    from pirus_bridge.entities import bundle_entities, entity_type
 
+    for key in entity_keys:
+        try:
+            entity_type(key)
+        except ValueError as e:
+            raise PirusBridgeError(f"{e}: entity keys look like n:092f… (see `stats entity "
+                                   "TEXT --json` for an entity's keys)") from None
     bundle_entities(app.redis, name, list(entity_keys))
     click.echo(f"bundle {name}: {len(entity_keys)} entity key(s)")
 
