@@ -1,15 +1,13 @@
 """HTTP delivery to one statistics gatherer, spoken by the standard library's ``http.client``.
 
 One :class:`Sender` per gatherer keeps up to ``concurrency`` idle keep-alive connections per
-origin (LIFO, checked for a dropped connection before reuse). ``http.client`` frames the requests
-and parses the answers; this module adds what a gatherer on a university network needs
-(SPEC §3, Transport):
+origin (LIFO; one idle for a second or more is checked for a dropped connection before reuse).
+``http.client`` frames the requests and parses the answers; this module adds what a gatherer on
+a university network needs (SPEC §3, Transport):
 
-* **Proxies**: the gatherer's ``proxy`` (``none`` = direct), else ``HTTPS_PROXY`` /
-  ``HTTP_PROXY`` / ``ALL_PROXY`` and ``NO_PROXY`` from the environment (lower-case names too),
-  read by the standard library's ``urllib.request.getproxies_environment``. HTTPS goes through
-  a ``CONNECT`` tunnel, plain HTTP in absolute form; ``http://user:password@proxy:port``
-  credentials go in ``Proxy-Authorization``. Only ``http://`` proxies are spoken.
+* **Proxies** (which one: :mod:`pirus_bridge.proxy`): HTTPS goes through a ``CONNECT`` tunnel,
+  plain HTTP in absolute form; ``http://user:password@proxy:port`` credentials go in
+  ``Proxy-Authorization``.
 * **TLS**: certificates are always verified, against ``ca_file`` when given (it replaces the
   system store, as ``curl --cacert`` does) or the system store (``SSL_CERT_FILE`` works).
 * **Redirects** are followed only within a scheme or from ``http`` up to ``https``; never from
@@ -34,12 +32,10 @@ its next message while the gatherer answers; :meth:`Exchange.result` raises
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import functools
 import http.client
 import io
-import ipaddress
 import re
 import select
 import socket
@@ -51,10 +47,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, NoReturn
-from urllib.parse import SplitResult, parse_qsl, unquote, urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from pirus_bridge import __version__
 from pirus_bridge.exceptions import DeliveryError
+from pirus_bridge.proxy import Origin, Proxy, proxy_for, url_authority
 from pirus_bridge.redact import redact_url, scrub
 
 USER_AGENT = f"pirus-bridge/{__version__}"
@@ -66,13 +63,10 @@ BODY_EXCERPT_CHARS = 300
 MAX_BODY_BYTES = 64 * 1024  # kept of an answer's body (a Matomo bulk answer is far smaller)
 MAX_DRAIN_BYTES = 1024 * 1024  # a longer body is not read to its end: the connection is closed
 RECENTLY_USED_S = 1.0  # a connection idle for less is reused without a look
-DIRECT = "none"  # a gatherer's ``proxy: none``: connect directly whatever the environment says
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _UNSENDABLE = re.compile(r"[^\x21-\x7e]")  # spaces, controls, non-ASCII in a request target
 _TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3})")
-_HAS_PORT = re.compile(r"(?:^[^:]*|\])(:\d+)$")  # host:port or [v6]:port, not a bare v6 address
 
-Origin = tuple[str, str, int]  # scheme, host, port
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,91 +175,6 @@ def redirect_target(method: str, url: str, status: int, location: str) -> tuple[
         raise DeliveryError(f"HTTP {status} redirect drops the message's query ({shown}):"
                             " not delivered", status=status, retryable=False)
     return target, ("GET" if status == 303 else method)
-
-
-# -- proxies ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Proxy:
-    """An ``http://`` proxy: where it listens and the ``Proxy-Authorization`` it needs."""
-
-    host: str
-    port: int
-    authorization: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> Proxy:
-        """Read ``http://[user:password@]host[:port]``; raise a non-retryable error for any
-        other form (an https:// or socks:// proxy is not spoken)."""
-        text = url if "://" in url else f"http://{url}"  # HTTPS_PROXY=proxy:3128 is common
-        parts, port, auth = _authority(text, "proxy URL")
-        if parts.scheme != "http" or not parts.hostname:
-            raise DeliveryError(f"proxy {redact_url(url)} is not supported: give an http:// proxy"
-                                " (the tunnel to an https gatherer is encrypted end to end)",
-                                retryable=False)
-        return cls(parts.hostname, port or 80, auth)
-
-
-def _authority(url: str, what: str) -> tuple[SplitResult, int | None, str | None]:
-    """A URL's parts, its port, and the Basic ``Authorization`` its ``user:password@`` gives;
-    a non-retryable error naming ``what`` when it cannot be read."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise DeliveryError(f"invalid {what} {redact_url(url)}: {e}", retryable=False) from e
-    auth = None
-    if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
-    return parts, port, auth
-
-
-def proxy_for(origin: Origin, configured: str | None, environment: Mapping[str, str]
-              ) -> Proxy | None:
-    """The proxy to reach ``origin`` through: the gatherer's own (``none`` = direct), else the
-    environment's for the scheme (or ``all``), unless ``NO_PROXY`` names the host."""
-    if configured:
-        return None if configured == DIRECT else Proxy.parse(configured)
-    scheme, host, port = origin
-    url = environment.get(scheme) or environment.get("all")
-    if not url:
-        return None
-    if bypasses(host, port, environment.get("no", "")):
-        return None
-    return Proxy.parse(url)
-
-
-def bypasses(host: str, port: int, no_proxy: str) -> bool:
-    """Does ``NO_PROXY`` name this host? Entries are ``*``, host names (``example.org`` and
-    ``.example.org`` both cover its subdomains), ``host:port``, IP addresses and CIDR ranges
-    (``10.0.0.0/8``), separated by commas or spaces."""
-    host = host.lower().strip("[]")
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    for entry in re.split(r"[,\s]+", no_proxy.lower()):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        name, _, entry_port = entry.rpartition(":") if _HAS_PORT.search(entry) else (entry, "", "")
-        if entry_port and int(entry_port) != port:
-            continue
-        name = name.strip("[]")
-        if address is not None:
-            try:
-                if address in ipaddress.ip_network(name, strict=False):
-                    return True
-            except ValueError:
-                pass
-            continue
-        name = name.lstrip(".")
-        if host == name or host.endswith("." + name):
-            return True
-    return False
 
 
 # -- connections -----------------------------------------------------------------------------
@@ -404,7 +313,7 @@ def _host_header(origin: Origin) -> str:
 def _origin(prefix: str) -> tuple[Origin, str | None]:
     """The origin of a URL's ``scheme://authority`` part, and the ``Authorization`` its
     ``user:password@`` gives."""
-    parts, port, auth = _authority(prefix, "gatherer URL")
+    parts, port, auth = url_authority(prefix, "gatherer URL")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryError(f"invalid gatherer URL {redact_url(prefix)}: not http(s)",
                             retryable=False)

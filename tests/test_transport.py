@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pirus_bridge.exceptions import DeliveryError
-from pirus_bridge.sender import Proxy, Sender, bypasses, proxy_for, redirect_target
+from pirus_bridge.proxy import Proxy, bypasses, proxy_for
+from pirus_bridge.sender import Sender, redirect_target
 from tests.gatherer import Gatherer, Reply
 from tests.proxy import PROXY_VARIABLES
 from tests.proxy import Proxy as ProxyServer
