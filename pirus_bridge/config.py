@@ -26,12 +26,19 @@ import yaml
 
 from pirus_bridge.events import MetricType
 from pirus_bridge.exceptions import ConfigError, Problem
-from pirus_bridge.redact import redact_url, register_url_credentials
+from pirus_bridge.redact import (
+    redact_url,
+    register_secret,
+    register_url_credentials,
+    register_url_secrets,
+)
 
 DEFAULT_CONFIG_FILE = "pirus-bridge.yaml"
 ENV_REDIS_URL = "PIRUS_BRIDGE_REDIS_URL"
-PROFILES = ("irus", "pirus2-legacy", "ctx-xml")
+PROFILES = ("irus", "pirus2-legacy", "ctx-xml", "matomo")
+BULK_PROFILES = ("ctx-xml", "matomo")  # many events per POST: batch_size is the POST's size
 METHODS = ("GET", "HEAD", "POST")
+REQ_ID_FORMS = ("bare", "urn")  # req_id=<ip> (IRUS today) or req_id=urn:ip:<ip> (older)
 
 T = TypeVar("T")
 
@@ -116,8 +123,18 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class CircuitConfig:
-    failure_threshold: int = 5  # consecutive failures that open the circuit
+    """When a gatherer is paused as a whole (:mod:`pirus_bridge.circuit`)."""
+
+    failure_threshold: int = 5  # consecutive failed calls that open the circuit
     probe_interval_s: float = 60.0
+    failure_ratio: float = 0.5  # … or this share of failed calls among the last `window`
+    window: int = 20
+    refusal_threshold: int = 5  # … or this many calls in a row refusing messages the same way
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: Path | None = None  # trust only these CAs (PEM bundle); default: the system store
 
 
 @dataclass(frozen=True)
@@ -129,9 +146,10 @@ class GathererConfig:
     method: str = "GET"
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 20.0
+    deadline_s: float = 30.0  # the most one exchange may take in all; shorter than the lease
     rate_limit_per_s: float = 0.0  # 0 = unlimited
     concurrency: int = 4
-    batch_size: int = 500
+    batch_size: int = 100  # messages claimed at once; for ctx-xml and matomo: events per POST
     send_from: dt.date | None = None
     interval_s: int = 300
     cron: str | None = None
@@ -139,6 +157,13 @@ class GathererConfig:
     retry: RetryConfig = RetryConfig()
     circuit: CircuitConfig = CircuitConfig()
     enabled: bool = True
+    proxy: str | None = None  # http://[user:password@]host:port, "none" (direct), else env
+    tls: TlsConfig = TlsConfig()
+    req_id_form: str | None = None  # bare | urn; None: the profile's own
+    send_empty_rfr_dat: bool = True  # IRUS wants rfr_dat even when there is no Referer
+    anonymize_ip: int = 0  # 1-3: IPv4 bytes zeroed (IPv6 kept to /48, /40, /32)
+    site_id: str | None = None  # matomo: idsite
+    token: str | None = field(default=None, repr=False)  # matomo: token_auth (a secret)
 
 
 @dataclass(frozen=True)
@@ -557,7 +582,43 @@ def _read_fields(s: _Section) -> dict[str, str | None]:
     return fields
 
 
-def _read_gatherer(name: str, s: _Section) -> GathererConfig | None:
+def _proxy_url(value: Any) -> str:
+    text = _string(value)
+    if text == "none":
+        return text
+    if not re.match(r"^http://[^/\s]+/?$", text):
+        raise ValueError("must be an http:// proxy URL (http://[user:password@]host:port), or"
+                         f" none for a direct connection, not {redact_url(text)!r}")
+    return text
+
+
+def _read_token(s: _Section) -> str | None:
+    """The Matomo ``token_auth``, from ``token_env`` or ``token_file`` (never the config file
+    itself), registered as a secret so no output shows it."""
+    env = s.get("token_env", _string, None)
+    path = s.get("token_file", _string, None)
+    if env and path:
+        s.problem("token_file", "give token_env or token_file, not both")
+        return None
+    token: str | None = None
+    if env:
+        token = os.environ.get(env, "").strip() or None
+        if token is None:
+            s.problem("token_env", f"the environment variable {env} is not set (it holds the"
+                                   " token_auth)")
+    elif path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as e:
+            s.problem("token_file", f"cannot read {path}: {e.strerror or e}")
+        else:
+            if token is None:
+                s.problem("token_file", f"{path} is empty")
+    register_secret(token)
+    return token
+
+
+def _read_gatherer(name: str, s: _Section, base: Path) -> GathererConfig | None:
     url = s.require("url", _http_url)
     metrics: list[MetricType] = []
     for i, value in enumerate(s.get("metrics", _list, ["request"])):
@@ -576,20 +637,33 @@ def _read_gatherer(name: str, s: _Section) -> GathererConfig | None:
     circuit = CircuitConfig(
         failure_threshold=circuit_s.get("failure_threshold", _integer(1), 5),
         probe_interval_s=circuit_s.get("probe_interval_s", _number(0), 60.0),
+        failure_ratio=circuit_s.get("failure_ratio", _number(0.01, 1), 0.5),
+        window=circuit_s.get("window", _integer(2, 1000), 20),
+        refusal_threshold=circuit_s.get("refusal_threshold", _integer(1), 5),
     )
     circuit_s.finish()
+    tls_s = s.section("tls")
+    ca_file = tls_s.get("ca_file", _string, None)
+    tls = TlsConfig(ca_file=base / ca_file if ca_file else None)
+    if tls.ca_file is not None and not tls.ca_file.is_file():
+        tls_s.problem("ca_file", f"no such file: {tls.ca_file}")
+    tls_s.finish()
     fields = _read_fields(s.section("fields"))
+    profile = s.get("profile", _choice(PROFILES), "irus")
+    connect_timeout = s.get("connect_timeout_s", _number(0.01), 10.0)
+    read_timeout = s.get("read_timeout_s", _number(0.01), 20.0)
     g = GathererConfig(
         name=name,
         url=url or "",
-        profile=s.get("profile", _choice(PROFILES), "irus"),
+        profile=profile,
         metrics=tuple(dict.fromkeys(metrics)) or (MetricType.REQUEST,),
         method=s.get("method", lambda v: _choice(METHODS)(_string(v).upper()), "GET"),
-        connect_timeout_s=s.get("connect_timeout_s", _number(0.01), 10.0),
-        read_timeout_s=s.get("read_timeout_s", _number(0.01), 20.0),
+        connect_timeout_s=connect_timeout,
+        read_timeout_s=read_timeout,
+        deadline_s=s.get("deadline_s", _number(0.01), 30.0),
         rate_limit_per_s=s.get("rate_limit_per_s", _number(0), 0.0),
         concurrency=s.get("concurrency", _integer(1, 64), 4),
-        batch_size=s.get("batch_size", _integer(1, 100000), 500),
+        batch_size=s.get("batch_size", _integer(1, 100000), 100),
         send_from=s.get("send_from", _date, None),
         interval_s=s.get("interval_s", _integer(1), 300),
         cron=s.get("cron", _string, None),
@@ -597,7 +671,29 @@ def _read_gatherer(name: str, s: _Section) -> GathererConfig | None:
         retry=retry,
         circuit=circuit,
         enabled=s.get("enabled", _boolean, True),
+        proxy=s.get("proxy", _proxy_url, None),
+        tls=tls,
+        req_id_form=s.get("req_id_form", _choice(REQ_ID_FORMS), None),
+        send_empty_rfr_dat=s.get("send_empty_rfr_dat", _boolean, True),
+        anonymize_ip=s.get("anonymize_ip", _integer(0, 3), 0),
+        site_id=s.get("site_id", _string, None),
+        token=_read_token(s) if profile == "matomo" else None,
     )
+    register_url_secrets(g.url)
+    register_url_secrets(g.proxy)
+    if g.req_id_form is not None and profile not in ("irus", "pirus2-legacy"):
+        s.problem("req_id_form", f"the {profile} profile has no req_id field")
+    if profile == "matomo":
+        if not g.site_id:
+            s.problem("site_id", "is required for the matomo profile (the Matomo idsite)")
+        if "token_env" not in s.data and "token_file" not in s.data:
+            s.problem("token_env", "the matomo profile needs a token_auth: give token_env (an"
+                                   " environment variable) or token_file")
+    else:
+        for key in ("site_id", "token_env", "token_file"):
+            s.seen.add(key)
+            if key in s.data:
+                s.problem(key, "is only for the matomo profile")
     if g.cron is not None:
         try:
             from apscheduler.triggers.cron import CronTrigger
@@ -731,10 +827,15 @@ def parse_config(data: Any, *, base: Path, source: str | None = None) -> Config:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
             gatherers_s.problem(str(name), "gatherer names may use letters, digits, . _ - only")
             continue
-        g = _read_gatherer(str(name), gatherers_s.section(str(name)))
+        g = _read_gatherer(str(name), gatherers_s.section(str(name)), base)
         if g is not None:
             gatherers[str(name)] = g
     outbox = _read_outbox(top.section("outbox"))
+    for g in gatherers.values():
+        if g.deadline_s >= outbox.lease_s:
+            problems.append(Problem(f"gatherers.{g.name}.deadline_s",
+                                    f"must be shorter than outbox.lease_s ({outbox.lease_s}), so"
+                                    " a message is never still being sent when its lease ends"))
     live = _read_live(top.section("live"), base)
     http = _read_http(top.section("http"), base)
     counter_api = _read_counter_api(top.section("counter_api"))

@@ -7,9 +7,12 @@ drop fields (:func:`validate_overrides` checks them once, at config time).
 Template variables (``{name}``, as in ``str.format`` but names only, no format specs):
 ``url_tim`` (event time, UTC ``YYYY-MM-DDThh:mm:ssZ``), ``ts`` (epoch seconds), ``ip``,
 ``user_agent``, ``referer``, ``item``, ``oai_identifier``, ``metric`` (``Investigation`` or
-``Request``), ``url`` (the ``svc_dat`` URL), ``host`` (the repository host), plus metadata keys
-(``doi``, ``mime_type``, ``title``, ``version`` …). A variable that is unknown, ``None`` or empty
-renders as the empty text; the field is still sent (IRUS wants ``rfr_dat`` even when empty).
+``Request``), ``url`` (the ``svc_dat`` URL), ``host`` (the repository host), the Matomo ones
+(``cdt``: event time, UTC ``YYYY-MM-DD hh:mm:ss``; ``download``: the URL for a Request, empty for
+an Investigation; ``cvar``: the OAI identifier as a Matomo custom variable; ``site_id``), plus
+metadata keys (``doi``, ``mime_type``, ``title``, ``version`` …). A variable that is unknown,
+``None`` or empty renders as the empty text; the field is still sent (IRUS wants ``rfr_dat`` even
+when empty) unless the profile lists it as ``optional``.
 
 ``mime_type`` always has a value: the metadata's, else a guess from the URL's extension for a
 Request, else ``application/pdf`` for a Request (PIRUS2 counted article full texts) and
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
+import json
 import mimetypes
 import re
 import string
@@ -41,12 +46,14 @@ CTX_SCHEMA = "http://www.openurl.info/registry/docs/info:ofi/fmt:xml:xsd:ctx"
 
 EVENT_VARIABLES = (
     "url_tim", "ts", "ip", "user_agent", "referer", "item", "oai_identifier", "metric", "url",
-    "host",
+    "host", "cdt", "download", "cvar",
 )  # fmt: skip
+GATHERER_VARIABLES = ("site_id",)  # from the gatherer's config (profile defaults)
 METADATA_VARIABLES = (
     "doi", "mime_type", "title", "version", "issn", "isbn", "type", "author", "publisher",
 )  # fmt: skip
-KNOWN_VARIABLES = frozenset(EVENT_VARIABLES + METADATA_VARIABLES)
+KNOWN_VARIABLES = frozenset(EVENT_VARIABLES + METADATA_VARIABLES + GATHERER_VARIABLES)
+OAI_CVAR_NAME = "oaipmhID"  # the custom variable OpenAIRE UsageCounts reads the item from
 
 _FORMATTER = string.Formatter()
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -76,14 +83,17 @@ class Field:
 class Profile:
     """A named set of KEV field templates, with defaults for variables metadata may lack.
 
-    ``kind`` is ``kev`` (one HTTP request per event, the fields in the query) or ``xml`` (ctx-xml:
-    a batch of XML ContextObjects POSTed in one document; ``fields`` are unused).
+    ``kind`` is ``kev`` (one HTTP request per event, the fields in the query), ``xml`` (ctx-xml:
+    a batch of XML ContextObjects POSTed in one document; ``fields`` are unused) or ``matomo``
+    (the fields make one Matomo tracking request per event, POSTed in bulk). ``optional`` names
+    fields left out when their value is empty.
     """
 
     name: str
     fields: tuple[Field, ...]
     kind: str = "kev"
     defaults: Mapping[str, str] = field(default_factory=dict)
+    optional: frozenset[str] = frozenset()
 
     def with_overrides(self, overrides: Mapping[str, str | None]) -> Profile:
         """Return a copy where each override replaces (in place) or adds (at the end) a field;
@@ -103,6 +113,14 @@ class Profile:
     def with_defaults(self, **defaults: str) -> Profile:
         """Return a copy with more variable defaults, e.g. ``version="VoR"`` for pirus2-legacy."""
         return replace(self, defaults={**self.defaults, **defaults})
+
+    def with_optional(self, key: str, optional: bool) -> Profile:
+        """Return a copy that leaves ``key`` out when empty (or always sends it)."""
+        keys = self.optional | {key} if optional else self.optional - {key}
+        return replace(self, optional=frozenset(keys))
+
+    def has_field(self, key: str) -> bool:
+        return any(f.key == key for f in self.fields)
 
 
 IRUS = Profile(
@@ -136,7 +154,25 @@ PIRUS2_LEGACY = Profile(
     defaults={"version": "AM"},
 )
 CTX_XML = Profile("ctx-xml", (), kind="xml")
-PROFILES: dict[str, Profile] = {p.name: p for p in (IRUS, PIRUS2_LEGACY, CTX_XML)}
+MATOMO = Profile(
+    "matomo",
+    (  # SPEC §3, OpenAIRE UsageCounts: one Matomo tracking request per event
+        Field("idsite", "{site_id}"),
+        Field("rec", "1"),
+        Field("apiv", "1"),
+        Field("action_name", "{title}"),
+        Field("url", "{url}"),
+        Field("download", "{download}"),  # Requests only: Matomo counts it as a download
+        Field("cip", "{ip}"),  # needs token_auth
+        Field("cdt", "{cdt}"),  # needs token_auth for times over 24 h old (backfills)
+        Field("ua", "{user_agent}"),
+        Field("urlref", "{referer}"),
+        Field("cvar", "{cvar}"),
+    ),
+    kind="matomo",
+    optional=frozenset({"action_name", "download", "cip", "urlref"}),
+)
+PROFILES: dict[str, Profile] = {p.name: p for p in (IRUS, PIRUS2_LEGACY, CTX_XML, MATOMO)}
 
 
 def get_profile(name: str) -> Profile:
@@ -180,10 +216,25 @@ def _filled(parts: _Parts, variables: Mapping[str, str]) -> bool:
     return all(not name or variables.get(name) for _, name in parts)
 
 
-@functools.lru_cache(maxsize=64)
+_PLANS: dict[int, tuple[tuple[Field, ...], frozenset[str], _Plan]] = {}
+
+
 def _plan(fields: tuple[Field, ...]) -> tuple[frozenset[str], _Plan]:
-    """A profile's fields compiled once: the variables their templates use, and per field its
-    key, template parts and fallbacks' keys and parts."""
+    """A profile's fields compiled once (:func:`_compile_plan`), found by the identity of the
+    fields tuple: hashing eleven Field values on every render cost more than rendering."""
+    found = _PLANS.get(id(fields))
+    if found is None or found[0] is not fields:
+        found = (fields, *_compile_plan(fields))
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        _PLANS[id(fields)] = found
+    return found[1], found[2]
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_plan(fields: tuple[Field, ...]) -> tuple[frozenset[str], _Plan]:
+    """The variables a profile's templates use, and per field its key, template parts and
+    fallbacks' keys and parts."""
     plan = tuple(
         (f.key, _compile(f.template), tuple((k, _compile(t)) for k, t in f.fallback))
         for f in fields
@@ -201,6 +252,53 @@ def _plan(fields: tuple[Field, ...]) -> tuple[frozenset[str], _Plan]:
 def format_timestamp(ts: float) -> str:
     """Return epoch seconds as UTC ``YYYY-MM-DDThh:mm:ssZ`` (the ``url_tim`` format)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
+
+
+def matomo_time(ts: float) -> str:
+    """Return epoch seconds as UTC ``YYYY-MM-DD hh:mm:ss`` (Matomo's ``cdt`` datetime form)."""
+    day, second = divmod(int(ts), 86400)
+    hours, rest = divmod(second, 3600)
+    return f"{_utc_date(day)} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_date(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+@functools.lru_cache(maxsize=8192)
+def oai_cvar(oai_identifier: str) -> str:
+    """The Matomo custom variable carrying the item: ``{"1":["oaipmhID","oai:…"]}``."""
+    return json.dumps({"1": [OAI_CVAR_NAME, oai_identifier]}, separators=(",", ":"))
+
+
+ANONYMIZE_CHOICES = (0, 1, 2, 3)
+
+
+def anonymize_ip(ip: str, level: int) -> str:
+    """Truncate a client address for a gatherer that should not get it whole.
+
+    ``level`` 1–3 zeroes that many low bytes of an IPv4 address (``192.0.2.77`` → ``192.0.2.0``
+    at 1, ``192.0.0.0`` at 2 and 3, as Matomo's own IP anonymisation counts them) and
+    keeps the first 48, 40 or 32 bits of an IPv6 address (``2001:db8:a:b::1`` → ``2001:db8:a::``
+    at 1), so an IPv6 client never becomes ``0.0.0.0``; an IPv4-mapped IPv6 address is truncated
+    as the IPv4 address it holds. ``level`` 0 returns ``ip`` unchanged; text that is no IP
+    address (a host name) gives ``""``, and the field is left out.
+    """
+    if not level:
+        return ip
+    try:
+        address = ipaddress.ip_address(ip.strip().strip("[]"))
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        prefix = 32 - 8 * level
+    else:
+        prefix = 48 - 8 * (level - 1)
+    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+    return str(network.network_address)
 
 
 @functools.lru_cache(maxsize=256)
@@ -242,6 +340,12 @@ def _variables(
         variables["mime_type"] = _default_mime_type(event)
     if metadata:
         variables.update({k: str(v) for k, v in metadata.items() if v not in (None, "")})
+    if "cdt" in used:
+        variables["cdt"] = matomo_time(event.ts)
+    if "download" in used:
+        variables["download"] = event.url if event.metric is MetricType.REQUEST else ""
+    if "cvar" in used:
+        variables["cvar"] = oai_cvar(event.oai_identifier) if event.oai_identifier else ""
     variables.update(
         url_tim=format_timestamp(event.ts) if "url_tim" in used else "",
         ts=str(event.ts),
@@ -269,18 +373,53 @@ def build_kev(
 
     ``overrides`` are the gatherer's ``fields:`` config (see :meth:`Profile.with_overrides`).
     """
-    if profile.kind != "kev":
+    if profile.kind == "xml":
         raise ValueError(f"profile {profile.name!r} has no KEV form; use build_xml")
     if overrides:
         profile = profile.with_overrides(overrides)
     used, plan = _plan(profile.fields)
     variables = _variables(event, repository_host, metadata, profile.defaults, used)
+    optional = profile.optional
     pairs: list[tuple[str, str]] = []
     for key, parts, fallback in plan:
         if fallback and not _filled(parts, variables):
             key, parts = next(((k, p) for k, p in fallback if _filled(p, variables)), (key, parts))
-        pairs.append((key, _fill(parts, variables)))
+        value = _fill(parts, variables)
+        if value or key not in optional:
+            pairs.append((key, value))
     return pairs
+
+
+def encode_fields(
+    event: UsageEvent,
+    *,
+    profile: Profile,
+    repository_host: str,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """``encode_kev(build_kev(...))`` in one pass: the encoded fields of one event, as sent.
+
+    Rendering is done for every delivered message, so the loop is :func:`build_kev`'s with the
+    helpers inlined (the tests hold the two to the same output).
+    """
+    used, plan = _plan(profile.fields)
+    variables = _variables(event, repository_host, metadata, profile.defaults, used)
+    optional = profile.optional
+    quoted, get = _QUOTED, variables.get
+    out: list[str] = []
+    for key, parts, fallback in plan:
+        if fallback and not _filled(parts, variables):
+            key, parts = next(((k, p) for k, p in fallback if _filled(p, variables)), (key, parts))
+        if len(parts) == 1:
+            literal, name = parts[0]
+            value = literal + get(name, "") if name else literal
+        else:
+            value = _fill(parts, variables)
+        if not value and key in optional:
+            continue
+        encoded = quoted.get(value)
+        out.append(f"{quoted.get(key) or _quote(key)}={encoded or _quote(value)}")
+    return "&".join(out)
 
 
 def validate_overrides(
@@ -317,10 +456,16 @@ def validate_overrides(
 _QUOTED: dict[str, str] = {}  # values repeat a lot (User-Agents, item URLs, constants)
 
 
+# Percent-encoding of every ASCII character but the unreserved ones (RFC 3986 §2.3), as
+# ``quote(value, safe="")`` gives it, done by str.translate in C.
+_ASCII_QUOTED = str.maketrans({
+    c: c if c.isalnum() or c in "_.-~" else f"%{ord(c):02X}" for c in map(chr, range(128))})
+
+
 def _quote(value: str) -> str:
     hit = _QUOTED.get(value)
     if hit is None:
-        hit = quote(value, safe="")
+        hit = value.translate(_ASCII_QUOTED) if value.isascii() else quote(value, safe="")
         if len(_QUOTED) >= 50_000:
             _QUOTED.clear()
         _QUOTED[value] = hit
@@ -335,8 +480,11 @@ def encode_kev(pairs: Iterable[tuple[str, str]]) -> str:
 
 def build_url(base_url: str, pairs: Iterable[tuple[str, str]]) -> str:
     """Append the encoded pairs to ``base_url``, which may already carry a query or fragment."""
+    return _join_query(base_url, encode_kev(pairs))
+
+
+def _join_query(base_url: str, query: str) -> str:
     base, hash_, fragment = base_url.partition("#")
-    query = encode_kev(pairs)
     if "?" not in base:
         sep = "?"
     elif base.endswith(("?", "&")):
@@ -448,20 +596,21 @@ def render_request(
     method: str = "GET",
     resolver: str | None = None,
 ) -> dict[str, Any]:
-    """Return the JSON-able outbox payload of one event for one gatherer.
+    """Return the JSON-able request of one event for one gatherer.
 
     KEV profiles: ``{"method": method, "url": full_url}``. ctx-xml: ``{"method": "POST",
     "url": base_url, "ctx": context_fields(...)}``; the pusher joins several ``ctx`` values into
-    one document with :func:`build_xml`.
+    one document with :func:`build_xml`. matomo: ``{"method": "POST", "url": base_url,
+    "request": "?idsite=…&rec=1&…"}``; the pusher joins several into one bulk body
+    (:mod:`pirus_bridge.matomo`), which alone carries the token.
     """
     if profile.kind == "xml":
         entry = ContextEntry(event, repository_host, metadata, resolver)
         return {"method": "POST", "url": base_url, "ctx": context_fields(entry)}
-    pairs = build_kev(
-        event,
-        profile=profile,
-        repository_host=repository_host,
-        metadata=metadata,
-        overrides=overrides,
-    )
-    return {"method": method, "url": build_url(base_url, pairs)}
+    if overrides:
+        profile = profile.with_overrides(overrides)
+    query = encode_fields(event, profile=profile, repository_host=repository_host,
+                          metadata=metadata)
+    if profile.kind == "matomo":
+        return {"method": "POST", "url": base_url, "request": "?" + query}
+    return {"method": method, "url": _join_query(base_url, query)}

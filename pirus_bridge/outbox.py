@@ -6,14 +6,22 @@ Keys, per gatherer ``g`` (all share the hash tag ``{g}``):
     ``ob:{g}:pending``   sorted set: message id → due time (epoch seconds)
     ``ob:{g}:inflight``  sorted set: message id → lease deadline
     ``ob:{g}:sent``      sorted set: message id → delivery time (recent ones, for audit)
+    ``ob:{g}:audit``     hash: message id → what was delivered, without raw identity
+                         (``{"i": item, "o": OAI identifier, "m": "I"|"R", "t": event time}``),
+                         kept as long as the id stays in ``sent`` (``outbox.sent_audit_days``)
     ``ob:{g}:failed``    sorted set: message id → time it was given up on (dead letters)
     ``ob:{g}:stats``     hash: ``qualified:YYYY-MM``, ``sent:YYYY-MM``, ``failed:YYYY-MM``
     ``ob:{g}:meta``      hash: message id → delivery history JSON (attempts, last status/error,
-                         body excerpt, first/last attempt times); dropped once delivered
-    ``ob:{g}:circuit``   hash: the gatherer's circuit breaker (see :mod:`pirus_bridge.pusher`)
+                         body excerpt, first/last attempt times, enqueue time, first refusal);
+                         dropped once delivered
+    ``ob:{g}:retry``     sorted set: message id → enqueue time, for every message that failed
+                         at least once and is not delivered or given up on yet (backlog age)
+    ``ob:{g}:circuit``   hash: the gatherer's circuit breaker (:mod:`pirus_bridge.circuit`)
 
 States (SPEC §6): pending (due time) → in flight (leased until a deadline) → sent, or back to
-pending with a later due time, or failed. Enqueue happens inside the counting script
+pending with a later due time, or failed. A message's enqueue time is its body's ``q`` when the
+counting script writes one, else the due time it had when first claimed (the two differ by the
+hold the counting script may give a fresh message). Enqueue happens inside the counting script
 (``lua/count.lua``) so that an event is enqueued exactly when it is counted, in the same
 transaction as the file checkpoint; a message id derived from gatherer and event identity makes
 it idempotent. Claims are atomic Lua scripts; a lease that runs out (its pusher died) returns the
@@ -35,6 +43,7 @@ from typing import Any
 import redis
 
 from pirus_bridge import keys
+from pirus_bridge.circuit import Action, Circuit
 from pirus_bridge.config import GathererConfig
 from pirus_bridge.counter import Identities, event_from_json, utc_month
 from pirus_bridge.events import MetricType, UsageEvent
@@ -67,22 +76,37 @@ def message_id(gatherer: str, event: UsageEvent, ids: Identities) -> str:
     return _sha1(identity.encode()).hexdigest()[:24]
 
 
-def message_json(event: UsageEvent) -> str:
+def message_json(event: UsageEvent, enqueued: float | None = None) -> str:
     """The message body: what delivery reads of the event, as compact JSON.
 
     ``{"t": ts, "i": item, "o": OAI identifier or null, "m": "I"|"R", "u": URL, "ip": client
-    address, "ua": User-Agent, "r": referer}``. The month is ``t``'s; the status, session and
-    mapping rule are not needed to deliver and are not kept. Built by hand with the C string
-    encoder: it is made for every counted event, and ``json.dumps`` of a dict costs 3× as much.
-    (Bodies written before this format, ``{"event": {...}, "month": ...}``, are still read.)
+    address, "ua": User-Agent, "r": referer}``, and ``"q"``, the enqueue time (epoch seconds),
+    when ``enqueued`` is given (delivery reads it for the backlog's age; without it the first
+    due time stands in). The month is ``t``'s; the status, session and mapping rule are not
+    needed to deliver and are not kept; the item's title is read from its metadata when the
+    message is rendered. Built by hand with the C string encoder: it is made for every counted
+    event, and ``json.dumps`` of a dict costs 3× as much. (Bodies written before this format,
+    ``{"event": {...}, "month": ...}``, are still read.)
     """
     oai = event.oai_identifier
+    queued = "" if enqueued is None else f',"q":{int(enqueued)}'
     return (
         f'{{"t":{int(event.ts)},"i":{_json_str(event.item)},'
         f'"o":{"null" if oai is None else _json_str(oai)},'
         f'"m":"{"R" if event.metric is _REQUEST else "I"}","u":{_json_str(event.url)},'
         f'"ip":{_json_str(event.ip)},"ua":{_json_str(event.user_agent)},'
-        f'"r":{_json_str(event.referer)}}}'
+        f'"r":{_json_str(event.referer)}{queued}}}'
+    )
+
+
+def audit_record(event: UsageEvent) -> str:
+    """What stays of a delivered message (SPEC §6): ``{"i": item, "o": OAI identifier, "m":
+    "I"|"R", "t": event time}`` — no client address, no User-Agent, no referer. By hand with
+    the C string encoder, as :func:`message_json`: one is made per delivered message."""
+    oai = event.oai_identifier
+    return (
+        f'{{"i":{_json_str(event.item)},"o":{"null" if oai is None else _json_str(oai)},'
+        f'"m":"{"R" if event.metric is _REQUEST else "I"}","t":{int(event.ts)}}}'
     )
 
 
@@ -101,9 +125,27 @@ def _event_from_message(d: dict[str, Any]) -> UsageEvent:
     )
 
 
+# The C scanner, without json.loads's detours (encoding detection, white space checks).
+_scan_json: Any = getattr(json.JSONDecoder(), "scan_once")  # noqa: B009 - not in the stubs
+
+
+def _json_object(body: bytes | str) -> dict[str, Any]:
+    """A message body as a dict (claims parse thousands at a time)."""
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    try:
+        data, _ = _scan_json(text, 0)
+    except StopIteration:  # leading white space, or not JSON: the slow, strict way
+        data = json.loads(text)
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass
 class DeliveryMeta:
-    """A message's delivery history, kept until it is delivered (or purged)."""
+    """A message's delivery history, kept until it is delivered (or purged).
+
+    ``enqueued`` is its enqueue time as first known; ``refused_seen`` the gatherer's count of
+    accepted calls when it first refused the message (:mod:`pirus_bridge.circuit`, rule 6).
+    """
 
     attempts: int = 0
     first_attempt: float | None = None
@@ -111,6 +153,8 @@ class DeliveryMeta:
     last_status: int | None = None
     last_error: str = ""
     body_excerpt: str = ""
+    enqueued: float | None = None
+    refused_seen: int | None = None
 
     @classmethod
     def from_json(cls, raw: str | bytes | None) -> DeliveryMeta:
@@ -125,18 +169,21 @@ class DeliveryMeta:
 
 @dataclass
 class Message:
-    """One outbox message as claimed or listed."""
+    """One outbox message as claimed or listed; ``due`` is its due time when claimed."""
 
     id: str
     gatherer: str
     event: UsageEvent | None
     month: str
     meta: DeliveryMeta = field(default_factory=DeliveryMeta)
+    due: float = 0.0
+    queued: float | None = None  # the body's enqueue time, when it has one
+    lease_end: float = 0.0  # when the claim's lease ends (set by the pusher that claimed it)
 
     @classmethod
     def parse(cls, gatherer: str, msg_id: str, body: bytes | str | None,
-              meta: bytes | str | None = None) -> Message:
-        data = json.loads(body) if body else {}
+              meta: bytes | str | None = None, due: float = 0.0) -> Message:
+        data = _json_object(body) if body else {}
         event: UsageEvent | None = None
         month = ""
         if "t" in data:
@@ -145,7 +192,16 @@ class Message:
         elif "event" in data:  # the format before message_json's compact one
             event = event_from_json(data["event"])
             month = str(data.get("month", ""))
-        return cls(msg_id, gatherer, event, month, DeliveryMeta.from_json(meta))
+        queued = data.get("q")
+        return cls(msg_id, gatherer, event, month, DeliveryMeta.from_json(meta), due,
+                   float(queued) if isinstance(queued, int | float) else None)
+
+    @property
+    def enqueued(self) -> float:
+        """When the message entered the outbox, as well as it is known."""
+        if self.queued is not None:
+            return self.queued
+        return self.meta.enqueued if self.meta.enqueued is not None else self.due
 
 
 @dataclass
@@ -176,12 +232,15 @@ class Outbox:
         self.r = r
         self.gatherer = gatherer
         k = {part: keys.outbox(gatherer, part) for part in
-             ("msg", "pending", "inflight", "sent", "failed", "stats", "meta", "circuit")}
+             ("msg", "pending", "inflight", "sent", "failed", "stats", "meta", "circuit",
+              "audit", "retry")}
         self.keys = k
         self._claim_source = (_LUA / "claim.lua").read_text()
         self._settle_source = (_LUA / "settle.lua").read_text()
         self._claim = r.register_script(self._claim_source)
         self._revive = r.register_script((_LUA / "revive.lua").read_text())
+        self._stats = r.register_script((_LUA / "stats.lua").read_text())
+        self._trim = r.register_script((_LUA / "trim.lua").read_text())
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -214,8 +273,9 @@ class Outbox:
         fields, flat = reply
         circuit = {text(fields[i]): text(fields[i + 1]) for i in range(0, len(fields), 2)}
         messages = [
-            Message.parse(self.gatherer, text(flat[i]), flat[i + 1], flat[i + 2] or None)
-            for i in range(0, len(flat), 3)
+            Message.parse(self.gatherer, text(flat[i]), flat[i + 1], flat[i + 2] or None,
+                          float(flat[i + 3]))
+            for i in range(0, len(flat), 4)
         ]
         return Claim(messages, circuit)
 
@@ -244,41 +304,89 @@ class Outbox:
         *,
         now: float,
     ) -> None:
-        """Queue many ``(action, message, due, meta)`` outcomes as one script call."""
+        """Queue many ``(action, message, due, meta)`` outcomes as one script call.
+
+        A delivered message leaves its :func:`audit_record`; one that goes back to pending
+        keeps its enqueue time in ``ob:{g}:retry``.
+        """
         if not outcomes:
             return
         k = self.keys
         args: list[Any] = [now]
         for action, message, due, meta in outcomes:
-            args += [action, message.id, message.month, due, meta.to_json() if meta else ""]
+            if action == Action.SENT:  # meta: whether there is a delivery history to drop
+                extra: Any = audit_record(message.event) if message.event is not None else ""
+                has_history = message.meta.attempts or message.meta.last_attempt
+                args += [action, message.id, message.month, 0, "1" if has_history else "",
+                         extra]
+                continue
+            if action == Action.FAIL or meta is None:  # no attempt made: it stays fresh
+                extra = ""
+            else:
+                extra = message.enqueued
+            args += [action, message.id, message.month, due, meta.to_json() if meta else "",
+                     extra]
         _queue_script(
             pipe, self._settle_source,
-            [k["inflight"], k["pending"], k["msg"], k["sent"], k["failed"], k["stats"], k["meta"]],
+            [k["inflight"], k["pending"], k["msg"], k["sent"], k["failed"], k["stats"], k["meta"],
+             k["audit"], k["retry"]],
             args,
         )
 
     # -- audit ---------------------------------------------------------------------------------
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
-        """``outbox stats`` for this gatherer (SPEC §11)."""
+        """``outbox stats`` for this gatherer (SPEC §11), with what delivery is waiting for.
+
+        ``oldest_pending_age_s`` counts from enqueue, however long a message sat in backoff;
+        ``waiting`` is how many pending messages are not due yet (backoff, a hold, a pause),
+        ``next_due_in_s`` when the first of them is; ``retrying`` how many undelivered messages
+        failed at least once; ``circuit``, ``paused_reason`` and ``paused_for_s`` say whether
+        the gatherer is paused (misconfigured, down, a 429's Retry-After), why and for how much
+        longer.
+        """
         now = time.time() if now is None else now
         k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zcard(k["pending"])
-        pipe.zcard(k["inflight"])
-        pipe.hgetall(k["stats"])
-        pipe.zcard(k["failed"])
-        pipe.zrange(k["pending"], 0, 0, withscores=True)
-        pending, inflight, counters, failed, oldest = pipe.execute()
-        sent = sum(int(v) for f, v in counters.items() if text(f).startswith("sent:"))
-        age = max(0.0, now - oldest[0][1]) if oldest else 0.0
+        (pending, inflight, failed, sent, waiting, next_due, retrying, oldest_retry, first_due,
+         first_body, circuit_fields) = self._stats(
+            keys=[k["pending"], k["inflight"], k["failed"], k["stats"], k["retry"], k["msg"],
+                  k["circuit"]],
+            args=[now],
+        )
+        oldest: list[float] = [float(oldest_retry)] if oldest_retry else []
+        if first_due:
+            queued = Message.parse(self.gatherer, "", first_body or None).queued
+            oldest.append(float(first_due) if queued is None else min(queued, float(first_due)))
+        circuit = Circuit.from_fields(
+            {text(circuit_fields[i]): text(circuit_fields[i + 1])
+             for i in range(0, len(circuit_fields), 2)})
+        pause = circuit.pause(now)
         return {
             "pending": int(pending),
             "in_flight": int(inflight),
-            "sent": sent,
+            "sent": int(sent),
             "failed": int(failed),
-            "oldest_pending_age_s": round(age, 1),
+            "oldest_pending_age_s": round(max(0.0, now - min(oldest)) if oldest else 0.0, 1),
+            "waiting": int(waiting),
+            "next_due_in_s": round(float(next_due) - now, 1) if next_due else None,
+            "retrying": int(retrying),
+            "circuit": circuit.state,
+            "paused_reason": pause[0] if pause else None,
+            "paused_for_s": round(pause[1], 1) if pause else 0.0,
         }
+
+    def circuit(self) -> Circuit:
+        """The gatherer's circuit breaker as it is now."""
+        raw = self.r.hgetall(self.keys["circuit"])
+        return Circuit.from_fields({text(f): text(v) for f, v in raw.items()})
+
+    def audit(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The audit records of delivered messages (those still kept)."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        rows = self.r.hmget(self.keys["audit"], ids)
+        return {i: json.loads(row) for i, row in zip(ids, rows, strict=True) if row}
 
     def month_counts(self, month: str) -> dict[str, int]:
         """``reconcile``: qualified, sent, failed and still pending (incl. in flight)."""
@@ -328,7 +436,7 @@ class Outbox:
         n = 0
         for msg_id, message in self.messages(ids).items():
             n += int(self._revive(
-                keys=[k["failed"], k["pending"], k["stats"], k["meta"], k["msg"]],
+                keys=[k["failed"], k["pending"], k["stats"], k["meta"], k["msg"], k["retry"]],
                 args=[msg_id, now, message.month],
             ))
         return n
@@ -342,7 +450,8 @@ class Outbox:
             pipe.zrem(k["failed"], msg_id)
             pipe.hdel(k["msg"], msg_id)
             pipe.hdel(k["meta"], msg_id)
-            removed, _, _ = pipe.execute()
+            pipe.zrem(k["retry"], msg_id)
+            removed, _, _, _ = pipe.execute()
             n += int(removed)
         return n
 
@@ -353,6 +462,13 @@ class Outbox:
         return [text(m) for m in self.r.zrangebyscore(self.keys["failed"], "-inf", top)]
 
     def trim_sent(self, keep_s: float, now: float | None = None) -> int:
-        """Forget delivered ids older than the audit period (their monthly counts stay)."""
+        """Forget delivered messages older than the audit period, id and audit record (their
+        monthly counts stay)."""
         now = time.time() if now is None else now
-        return int(self.r.zremrangebyscore(self.keys["sent"], "-inf", now - keep_s))
+        total = 0
+        while True:
+            n = int(self._trim(keys=[self.keys["sent"], self.keys["audit"]],
+                               args=[now - keep_s, 5000]))
+            total += n
+            if n < 5000:
+                return total

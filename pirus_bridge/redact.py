@@ -13,7 +13,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # Query parameters whose value is a credential, whatever the URL.
@@ -48,6 +48,21 @@ def register_env_secrets(name: str, environ: Mapping[str, str] | None = None) ->
     value = (os.environ if environ is None else environ).get(name, "")
     for part in value.split(","):
         register_secret(part.strip())
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Register the password and credential query parameters a URL carries (a gatherer's or
+    a proxy's), so that :func:`scrub` hides them even where they appear outside a URL."""
+    if not url:
+        return
+    register_url_credentials(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    for name, value in parse_qsl(parts.query):
+        if name.lower() in SECRET_PARAMS:
+            register_secret(value)
 
 
 def redact_url(url: str) -> str:

@@ -101,11 +101,11 @@ class Service:
             AVAILABILITY.lost(e)
             return
         except redis.RedisError as e:
-            log.error("push to %s failed: %s", pusher.g.name, scrub(str(e)))
+            log.error("push to %s failed: %s", pusher.gatherer.name, scrub(str(e)))
             return
         AVAILABILITY.ok()
         if result.sent or result.retried or result.failed or result.released:
-            log.info("push %s: %s", pusher.g.name, result.to_json())
+            log.info("push %s: %s", pusher.gatherer.name, result.to_json())
 
     def maintain(self) -> None:
         """Expired leases back to pending, old audit entries dropped, failed messages' raw
@@ -148,7 +148,7 @@ class Service:
     def start(self) -> None:
         for p in self.pushers:
             self.scheduler.add_job(
-                self.push, trigger_for(p.g), args=[p], id=f"push:{p.g.name}",
+                self.push, trigger_for(p.gatherer), args=[p], id=f"push:{p.gatherer.name}",
                 max_instances=1, coalesce=True, next_run_time=_now(),
             )
         self.scheduler.add_job(

@@ -1,44 +1,58 @@
-"""HTTP delivery of ContextObjects to one statistics gatherer (IRUS tracker or alike).
+"""HTTP delivery to one statistics gatherer, spoken by the standard library's ``http.client``.
 
-One :class:`Sender` per gatherer, keeping up to ``concurrency`` keep-alive connections per origin.
-The transport is a small HTTP/1.1 client on a plain (or TLS) socket. SPEC §9 asks for 2,000
-events/s, and a general client costs more per message than everything else in delivery together:
-``requests`` spends about 1.2 ms of CPU and urllib3 about 0.5 ms re-parsing and re-quoting our
-already-encoded KEV URLs, and even the standard library's ``http.client`` spends some 150 µs,
-most of it parsing the response head with ``email.parser`` (``bench/bench_sender.py``). A
-gatherer's answer needs little: the status, ``Retry-After``, ``Location``, the body's framing
-(``Content-Length``, chunked, or up to the close) and whether the connection stays open.
+One :class:`Sender` per gatherer keeps up to ``concurrency`` idle keep-alive connections per
+origin (LIFO; one idle for a second or more is checked for a dropped connection before reuse).
+``http.client`` frames the requests and parses the answers; this module adds what a gatherer on
+a university network needs (SPEC §3, Transport):
 
-The little a pool needs is here too: LIFO reuse, a dropped-connection check before reuse,
-separate connect and read timeouts, and one more try on a new connection when a kept-alive
-connection turns out to be closed before any byte of the answer arrived (the gatherer closed it
-while it was idle). Requests are never pipelined: one request at a time on a connection, so a
-failure is always that one message's.
+* **Proxies** (which one: :mod:`pirus_bridge.proxy`): HTTPS goes through a ``CONNECT`` tunnel,
+  plain HTTP in absolute form; ``http://user:password@proxy:port`` credentials go in
+  ``Proxy-Authorization``.
+* **TLS**: certificates are always verified, against ``ca_file`` when given (it replaces the
+  system store, as ``curl --cacert`` does) or the system store (``SSL_CERT_FILE`` works).
+* **Redirects** are followed only within a scheme or from ``http`` up to ``https``; never from
+  ``https`` down to ``http`` (raw IPs would travel in clear), never to another scheme. A
+  redirect that would lose the message is refused rather than counted as delivered: for
+  GET/HEAD one whose target does not carry the same query, for POST a 301/302/303 (clients
+  turn those into a GET without the body).
+* **One deadline per exchange**: connect, TLS handshake, proxy tunnel, request, answer and any
+  redirects all end by ``deadline`` seconds after the exchange started, however slowly the
+  gatherer drips its answer; the pusher keeps it shorter than the outbox lease, so a message is
+  never still being sent when another pusher may claim it.
 
-:meth:`Sender.send` returns a :class:`DeliveryResult` or raises
-:class:`~pirus_bridge.exceptions.DeliveryError` classified as SPEC §6 asks: connection errors,
-timeouts, 408, 429 and 5xx are retryable (honouring ``Retry-After``); any other status that is not
-2xx is not. Redirects are followed by hand, and only to http(s) locations. :meth:`Sender.start`
-does the same in two steps, so the caller can prepare its next message while the gatherer answers.
+Requests are never pipelined: one at a time on a connection, so an outcome is always that
+message's. A kept-alive connection that turns out to be closed before any byte of the answer
+arrived (the gatherer closed it while idle) gets the request once more on a new connection.
+
+:meth:`Sender.start` writes a request and returns an :class:`Exchange`, so the caller can render
+its next message while the gatherer answers; :meth:`Exchange.result` raises
+:class:`~pirus_bridge.exceptions.DeliveryError` for anything but a 2xx, classified once, in
+:func:`status_error`: 408, 429 and 5xx are retryable (with ``Retry-After``), other statuses not.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import http.client
+import io
 import re
 import select
 import socket
 import ssl
 import threading
 import time
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import NoReturn
-from urllib.parse import urljoin, urlsplit
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from pirus_bridge import __version__
 from pirus_bridge.exceptions import DeliveryError
+from pirus_bridge.proxy import Origin, Proxy, proxy_for, url_authority
+from pirus_bridge.redact import redact_url, scrub
 
 USER_AGENT = f"pirus-bridge/{__version__}"
 METHODS = ("GET", "HEAD", "POST")
@@ -46,31 +60,33 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 MAX_RETRY_AFTER_S = 86400.0  # a gatherer asking for more than a day is not taken literally
 MAX_REDIRECTS = 5
 BODY_EXCERPT_CHARS = 300
-MAX_HEAD_BYTES = 64 * 1024  # a longer response head is not a gatherer's answer
+MAX_BODY_BYTES = 64 * 1024  # kept of an answer's body (a Matomo bulk answer is far smaller)
 MAX_DRAIN_BYTES = 1024 * 1024  # a longer body is not read to its end: the connection is closed
-_KEPT_BODY_BYTES = 4 * BODY_EXCERPT_CHARS  # enough UTF-8 for the excerpt
-_RECV_BYTES = 65536
-_MAX_LINE_BYTES = 8192  # a chunk-size or trailer line
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NO_BODY_STATUSES = frozenset({204, 304})
-_HEAD_END = re.compile(rb"\n\r?\n")  # the empty line after the head (bare LF tolerated)
-_STATUS_LINE = re.compile(r"HTTP/1\.([0-9]) ([0-9]{3})(?:[ \t](.*))?")
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 token, lowercased
-_HEX = re.compile(r"[0-9A-Fa-f]+")
-_DIGITS = re.compile(r"[0-9]+")
-# What a request target may not contain: spaces, controls, non-ASCII (KEV values arrive
-# percent-encoded, so only a misconfigured URL has any).
-_UNSENDABLE = re.compile(r"[^\x21-\x7e]")
-_HAS_POLL = hasattr(select, "poll")
-_ORIGIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")  # scheme://authority
+RECENTLY_USED_S = 1.0  # a connection idle for less is reused without a look
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_UNSENDABLE = re.compile(r"[^\x21-\x7e]")  # spaces, controls, non-ASCII in a request target
+_TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3})")
+
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A gatherer's final answer (after redirects): status, header fields with lower-cased
+    names, and the start of the body (up to ``MAX_BODY_BYTES``)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str] | http.client.HTTPMessage  # .get() ignores the case of names
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """A gatherer accepted a message: its HTTP status and the time the exchange took (s)."""
+    """A gatherer accepted a message: its status, the seconds the exchange took, its body."""
 
     status: int
     elapsed: float
+    body: bytes = b""
 
 
 def parse_retry_after(value: str, now: float) -> float | None:
@@ -95,236 +111,190 @@ def parse_retry_after(value: str, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def _status_reason(status: int, fallback: str | None) -> str:
+def status_text(status: int, fallback: str = "") -> str:
+    """``HTTP 404 Not Found``: the status and its standard phrase."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
-        phrase = fallback or ""
+        phrase = fallback
     return f"HTTP {status} {phrase}".rstrip()
 
 
-Origin = tuple[str, str, int]  # scheme, host, port
+def excerpt(body: bytes) -> str:
+    """The start of a body as text for the failure queue, secrets hidden."""
+    return scrub(body[: 4 * BODY_EXCERPT_CHARS].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS])
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """A gatherer's answer: header names lowercased, the body cut to what an excerpt needs."""
+def status_error(answer: Answer, now: float | None = None) -> DeliveryError | None:
+    """The one classification of an answer (SPEC §6): ``None`` for a 2xx; 408, 429 and 5xx are
+    retryable (honouring ``Retry-After``); any other status is not."""
+    status = answer.status
+    if 200 <= status < 300:
+        return None
+    reason = status_text(status, answer.reason)
+    if status in RETRYABLE_STATUSES or 500 <= status < 600:
+        header = answer.headers.get("retry-after")
+        when = time.time() if now is None else now
+        retry_after = parse_retry_after(header, when) if header else None
+        return DeliveryError(reason, status=status, retry_after=retry_after, retryable=True,
+                             body_excerpt=excerpt(answer.body))
+    return DeliveryError(reason, status=status, retryable=False, body_excerpt=excerpt(answer.body))
 
-    status: int
-    reason: str
-    headers: dict[str, str]
-    body: bytes
+
+def _place(url: str) -> str:
+    """A URL as an error names it: without its query (the message's own data, which would make
+    every message's error different) and without credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else f"{host}{parts.path}"
 
 
-class _BadResponse(Exception):
-    """The bytes received are not a well-formed HTTP/1.x response (or it was cut short)."""
+def redirect_target(method: str, url: str, status: int, location: str) -> tuple[str, str]:
+    """Where a redirect leads and with which method, or a non-retryable ``DeliveryError`` when
+    following it would send the message in clear, to a non-HTTP place, or lose it."""
+    target = urljoin(url, location)
+    shown = _place(target)
+    scheme, new = urlsplit(url).scheme, urlsplit(target)
+    if new.scheme not in ("http", "https"):
+        raise DeliveryError(f"HTTP {status} redirect to a non-HTTP location {shown}",
+                            status=status, retryable=False)
+    if scheme == "https" and new.scheme == "http":
+        raise DeliveryError(f"HTTP {status} redirect from https down to http refused ({shown}):"
+                            " the message would travel in clear", status=status, retryable=False)
+    if method == "POST":
+        if status in (301, 302, 303):
+            raise DeliveryError(f"HTTP {status} redirect would turn the POST into a GET without"
+                                f" its body ({shown}): not delivered", status=status,
+                                retryable=False)
+        return target, method
+    old_query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    if parse_qsl(new.query, keep_blank_values=True) != old_query:
+        raise DeliveryError(f"HTTP {status} redirect drops the message's query ({shown}):"
+                            " not delivered", status=status, retryable=False)
+    return target, ("GET" if status == 303 else method)
 
 
-class _Dropped(Exception):
-    """The connection ended before any byte of the response arrived."""
+# -- connections -----------------------------------------------------------------------------
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+
+class _DeadlineReader(io.RawIOBase):
+    """What ``http.client`` reads an answer from: the socket's own file, each read bounded by
+    the read timeout and by what is left of the exchange's deadline."""
+
+    def __init__(self, sock: socket.socket, conn: _Bounded) -> None:
+        self.sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int | None:
+        conn = self._conn
+        conn.limit(self.sock)
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError:
+            if conn.deadline - time.monotonic() <= 0:
+                raise _DeadlinePassed from None
+            raise
+
+
+class _DeadlinePassed(TimeoutError):
+    """The exchange's overall deadline passed (not one read's timeout)."""
+
+
+class _Source:
+    """What ``http.client.HTTPResponse`` takes for a socket: it only asks it for a file."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: _DeadlineReader) -> None:
+        self._raw = raw
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self._raw)
+
+
+class _Bounded:
+    """What the connections below add to ``http.client``'s: answers read under the deadline."""
+
+    deadline = float("inf")  # time.monotonic() by which the exchange must end
+    read_timeout = 20.0
+    _timed: tuple[socket.socket | None, float] = (None, 0.0)  # a socket and its timeout
+
+    def limit(self, sock: socket.socket) -> None:
+        """Give ``sock`` the timeout its next send or read may take: the read timeout, or what
+        is left of the deadline when that is less. (Set only when it changes: each setting is
+        a system call, and most exchanges never come near their deadline.)"""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed
+        timeout = min(self.read_timeout, left)
+        if self._timed != (sock, timeout):
+            sock.settimeout(timeout)
+            self._timed = (sock, timeout)
+
+    def bound(self) -> None:
+        """Read every answer on this connection (a proxy's CONNECT answer too) under the
+        deadline."""
+        reader: Any = self._response
+        self.response_class = reader
+
+    def _response(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                  url: str | None = None) -> http.client.HTTPResponse:
+        raw = _DeadlineReader(sock, self)
+        return http.client.HTTPResponse(_Source(raw), debuglevel,  # type: ignore[arg-type]
+                                        method=method, url=url)
+
+
+class _HTTP(_Bounded, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPS(_Bounded, http.client.HTTPSConnection):
+    pass
 
 
 class _Connection:
-    """One connection to an origin and the bytes received on it that are not read yet.
+    """A pooled connection, how many answers it carried, and whether it speaks to a proxy in
+    absolute form (plain HTTP through a proxy)."""
 
-    ``exchanges`` counts the answers read on it: a connection that served one before is a kept-
-    alive one, which the gatherer may have closed while it sat idle in the pool.
-    """
+    __slots__ = ("http", "exchanges", "via_proxy", "idle_since")
 
-    __slots__ = ("sock", "exchanges", "_buffer", "_poller")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, conn: _HTTP | _HTTPS, via_proxy: Proxy | None) -> None:
+        self.http = conn
         self.exchanges = 0
-        self._buffer = bytearray()
-        # poll has no FD_SETSIZE limit; registered once, each check is one system call.
-        self._poller = select.poll() if _HAS_POLL else None
-        if self._poller is not None:
-            self._poller.register(sock, select.POLLIN)
+        self.via_proxy = via_proxy
+        self.idle_since = 0.0
 
     def close(self) -> None:
-        self.sock.close()
+        self.http.close()
 
     def is_dropped(self) -> bool:
-        """True when an idle connection cannot carry another exchange: the peer closed it, or
-        sent something unasked (some servers send a 408 before closing an idle connection)."""
-        if self._buffer:
+        """True when an idle connection cannot carry another exchange: closed by the peer, or
+        with unasked bytes waiting (some servers send a 408 before closing an idle one).
+        Servers close idle connections after seconds, not at once: one idle for less than a
+        second is not looked at (and should it be closed after all, the request goes once
+        more on a new connection)."""
+        sock = self.http.sock
+        if sock is None:
             return True
-        sock = self.sock
+        if time.monotonic() - self.idle_since < RECENTLY_USED_S:
+            return False
         try:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return True
-            if self._poller is not None:
-                return bool(self._poller.poll(0))
             return bool(select.select([sock], [], [], 0)[0])
         except (OSError, ValueError):
             return True
-
-    # -- reading an answer ---------------------------------------------------------------------
-
-    def read_answer(self, method: str) -> tuple[_Answer, bool]:
-        """Read one response to a ``method`` request; return it and whether the connection can
-        carry another exchange. Interim 1xx responses are skipped.
-
-        Raises :class:`_Dropped` when the connection ends before any byte of the response,
-        :class:`_BadResponse`, ``TimeoutError`` (the read timeout) or ``OSError``.
-        """
-        minor, status, reason, headers = self._read_head(first=True)
-        while 100 <= status < 200:
-            if status == 101:
-                raise _BadResponse("unexpected 101 Switching Protocols")
-            minor, status, reason, headers = self._read_head(first=False)
-        # HTTP/1.1 keeps the connection open unless told otherwise; HTTP/1.0 closes it unless
-        # told otherwise.
-        tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
-        keep_alive = "close" not in tokens if minor else "keep-alive" in tokens
-        transfer_encoding = headers.get("transfer-encoding")
-        length = headers.get("content-length")
-        if method == "HEAD" or status in _NO_BODY_STATUSES:
-            body, complete = b"", True
-        elif transfer_encoding is not None:
-            if length is not None:  # RFC 9112 §6.3: chunked wins, and the connection is suspect
-                keep_alive = False
-            if transfer_encoding.rpartition(",")[2].strip().lower() == "chunked":
-                body, complete = self._read_chunked()
-            else:
-                body, complete = self._read_to_close()
-        elif length is not None:
-            body, complete = self._read_length(_content_length(length))
-        else:
-            body, complete = self._read_to_close()
-        return _Answer(status, reason, headers, body), keep_alive and complete
-
-    def _receive(self) -> bool:
-        """Append what the socket has to the buffer (waiting up to the read timeout); False at
-        the end of the stream."""
-        chunk = self.sock.recv(_RECV_BYTES)
-        if not chunk:
-            return False
-        self._buffer += chunk
-        return True
-
-    def _read_head(self, *, first: bool) -> tuple[int, int, str, dict[str, str]]:
-        buffer = self._buffer
-        if first and not buffer:
-            try:
-                received = self._receive()
-            except ConnectionResetError as e:
-                raise _Dropped("connection reset by gatherer") from e
-            if not received:
-                raise _Dropped("connection closed by gatherer without a response")
-        while True:
-            while buffer.startswith((b"\r\n", b"\n")):  # RFC 9112 §2.2: ignored before a head
-                del buffer[: 2 if buffer[0] == 13 else 1]
-            end = _HEAD_END.search(buffer)
-            if end is not None:
-                break
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise _BadResponse(f"response head longer than {MAX_HEAD_BYTES} bytes")
-            if not self._receive():
-                raise _BadResponse("connection closed by gatherer mid-response")
-        head = buffer[: end.start()].decode("latin-1")
-        del buffer[: end.end()]
-        return _parse_head(head)
-
-    def _read_line(self) -> str:
-        buffer = self._buffer
-        while (end := buffer.find(b"\n")) < 0:
-            if len(buffer) > _MAX_LINE_BYTES:
-                raise _BadResponse("chunk line too long")
-            if not self._receive():
-                raise _BadResponse("connection closed by gatherer mid-body")
-        line = buffer[:end].decode("latin-1").rstrip("\r")
-        del buffer[: end + 1]
-        return line
-
-    def _take(self, size: int) -> bytes:
-        """The next ``size`` bytes of the body."""
-        buffer = self._buffer
-        while len(buffer) < size:
-            if not self._receive():
-                raise _BadResponse("connection closed by gatherer mid-body")
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
-
-    def _read_length(self, size: int) -> tuple[bytes, bool]:
-        if size > MAX_DRAIN_BYTES:  # keep the start for the excerpt; the rest is not read
-            buffer = self._buffer
-            while len(buffer) < _KEPT_BODY_BYTES and self._receive():
-                pass
-            return bytes(buffer[:_KEPT_BODY_BYTES]), False
-        return self._take(size)[:_KEPT_BODY_BYTES], True
-
-    def _read_chunked(self) -> tuple[bytes, bool]:
-        kept = bytearray()
-        total = 0
-        while True:
-            size_text = self._read_line().partition(";")[0].strip()  # extensions are ignored
-            if not _HEX.fullmatch(size_text):
-                raise _BadResponse(f"bad chunk size {size_text[:40]!r}")
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            total += size
-            if total > MAX_DRAIN_BYTES:
-                return bytes(kept), False
-            data = self._take(size)
-            if len(kept) < _KEPT_BODY_BYTES:
-                kept += data[: _KEPT_BODY_BYTES - len(kept)]
-            if self._read_line():
-                raise _BadResponse("chunk data longer than its size")
-        while self._read_line():  # trailer fields, ignored
-            pass
-        return bytes(kept), True
-
-    def _read_to_close(self) -> tuple[bytes, bool]:
-        """A body delimited by the end of the connection (which then cannot be reused)."""
-        buffer = self._buffer
-        while len(buffer) <= MAX_DRAIN_BYTES and self._receive():
-            pass
-        body = bytes(buffer[:_KEPT_BODY_BYTES])
-        buffer.clear()
-        return body, False
-
-
-def _parse_head(head: str) -> tuple[int, int, str, dict[str, str]]:
-    """Return ``(minor version, status, reason, headers)`` of a response head.
-
-    Header names are lowercased; repeated fields are joined with ``, ``; folded lines continue
-    the field before them; lines that are not fields are ignored, as lenient clients do.
-    """
-    lines = head.split("\n")
-    match = _STATUS_LINE.fullmatch(lines[0].rstrip("\r"))
-    if match is None:
-        raise _BadResponse(f"bad status line {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    name = ""
-    for line in lines[1:]:
-        if line[:1] in (" ", "\t"):  # obsolete line folding
-            if name:
-                headers[name] = f"{headers[name]} {line.strip()}".strip()
-            continue
-        field, colon, value = line.partition(":")
-        name = field.lower()
-        if not colon or not _FIELD_NAME.fullmatch(name):
-            name = ""
-            continue
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return int(match[1]), int(match[2]), (match[3] or "").strip(), headers
-
-
-def _content_length(value: str) -> int:
-    """The body length a ``Content-Length`` field gives (repeated equal values allowed)."""
-    values = {v.strip() for v in value.split(",")}
-    if len(values) != 1 or not _DIGITS.fullmatch(text := values.pop()):
-        raise _BadResponse(f"bad Content-Length {value[:40]!r}")
-    return int(text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -336,21 +306,50 @@ def _host_header(origin: Origin) -> str:
         host = host.encode("idna").decode("ascii")
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
-    default = 443 if scheme == "https" else 80
-    return host if port == default else f"{host}:{port}"
+    return host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
 
 
-_Wire = tuple[_Connection, Origin, bytes]  # the connection a request went out on, and the bytes
+@functools.lru_cache(maxsize=64)
+def _origin(prefix: str) -> tuple[Origin, str | None]:
+    """The origin of a URL's ``scheme://authority`` part, and the ``Authorization`` its
+    ``user:password@`` gives."""
+    parts, port, auth = url_authority(prefix, "gatherer URL")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeliveryError(f"invalid gatherer URL {redact_url(prefix)}: not http(s)",
+                            retryable=False)
+    default = 443 if parts.scheme == "https" else 80
+    return (parts.scheme, parts.hostname, port or default), auth
+
+
+_ORIGIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")  # scheme://authority
+
+
+def _split_url(url: str) -> tuple[Origin, str | None, str]:
+    """``(origin, Authorization or None, request target)``; a non-retryable error for a URL
+    that cannot be sent. The origin part is parsed once per gatherer (``urlsplit`` of a whole
+    KEV URL costs more than the rest of a send)."""
+    prefix = _ORIGIN_PREFIX.match(url)
+    if prefix is None:
+        raise DeliveryError(f"invalid gatherer URL {redact_url(url)}: not http(s)",
+                            retryable=False)
+    origin, auth = _origin(prefix.group())
+    target = url[prefix.end() :].partition("#")[0].removesuffix("?")
+    target = target if target.startswith("/") else f"/{target}"
+    if _UNSENDABLE.search(target):
+        raise DeliveryError(f"invalid gatherer URL {_place(url)}: spaces, control or non-ASCII"
+                            " characters", retryable=False)
+    return origin, auth, target
+
+
+# -- exchanges -------------------------------------------------------------------------------
 
 
 class Exchange:
-    """One message's request, written to the gatherer; :meth:`result` reads the answer.
+    """One message's request, written to the gatherer; :meth:`result` (or :meth:`answer`)
+    reads what came back. Made by :meth:`Sender.start`; read it exactly once."""
 
-    Made by :meth:`Sender.start`. Until :meth:`result` is called the exchange holds its
-    connection, so call it exactly once.
-    """
-
-    __slots__ = ("_sender", "_method", "_url", "_body", "_content_type", "_started", "_wire")
+    __slots__ = ("_sender", "_method", "_url", "_body", "_content_type", "_started",
+                 "_deadline", "_wire")
 
     def __init__(self, sender: Sender, method: str, url: str, body: bytes | None,
                  content_type: str | None) -> None:
@@ -360,47 +359,61 @@ class Exchange:
         self._body = body
         self._content_type = content_type
         self._started = time.perf_counter()
-        self._wire: _Wire | None = sender._write(method, url, body, content_type)
+        self._deadline = time.monotonic() + sender.deadline
+        self._wire: tuple[_Connection, Origin] | None = sender._write(
+            method, url, body, content_type, self._deadline)
 
-    def result(self) -> DeliveryResult:
-        """Wait for the answer; return the result on any 2xx, else raise ``DeliveryError``.
-        Redirects are followed here."""
-        sender, method, url, body = self._sender, self._method, self._url, self._body
-        content_type = self._content_type
+    def answer(self) -> Answer:
+        """The gatherer's final answer, whatever its status, after following the redirects
+        :func:`redirect_target` allows; ``DeliveryError`` for anything that is not an answer
+        (connection failure, timeout, deadline, a refused redirect)."""
+        sender, method, url = self._sender, self._method, self._url
         wire = self._wire
         if wire is None:
-            raise RuntimeError("the result of this exchange was already read")
+            raise RuntimeError("this exchange's answer was already read")
         self._wire = None
-        for redirects in range(MAX_REDIRECTS + 1):
-            answer = sender._read(method, *wire)
-            status = answer.status
-            if 200 <= status < 300:
-                return DeliveryResult(status, time.perf_counter() - self._started)
+        seen = {url}
+        for hop in range(MAX_REDIRECTS + 1):
+            answer = sender._read(method, self._deadline, *wire, self._replay(method, url))
+            if answer.status not in REDIRECTS:
+                return answer
             location = answer.headers.get("location")
-            if status not in _REDIRECTS or not location:
-                raise _status_error(answer)
-            target = urljoin(url, location)
-            if urlsplit(target).scheme not in ("http", "https"):
-                raise DeliveryError(
-                    f"HTTP {status} redirect to a non-HTTP location {target!r}",
-                    status=status,
-                    retryable=False,
-                )
-            if status == 303 and method != "HEAD":
-                method, body, content_type = "GET", None, None
-            if redirects == MAX_REDIRECTS:
+            if not location:
+                return answer
+            url, method = redirect_target(method, url, answer.status, location)
+            if hop == MAX_REDIRECTS or url in seen:
                 break
-            url = target
-            wire = sender._write(method, url, body, content_type)
-        raise DeliveryError(f"more than {MAX_REDIRECTS} redirects", status=status, retryable=False)
+            seen.add(url)
+            body = self._body if method == "POST" else None
+            wire = sender._write(method, url, body, self._content_type, self._deadline)
+        raise DeliveryError(f"redirect loop (more than {MAX_REDIRECTS} redirects, or back to a"
+                            " URL already visited)", status=answer.status, retryable=False)
+
+    def result(self) -> DeliveryResult:
+        """Wait for the answer; the result on any 2xx, else ``DeliveryError``."""
+        answer = self.answer()
+        error = status_error(answer)
+        if error is not None:
+            raise error
+        return DeliveryResult(answer.status, time.perf_counter() - self._started, answer.body)
+
+    def error(self) -> DeliveryError | None:
+        """Wait for the answer; ``None`` on any 2xx, else what :meth:`result` would raise
+        (transport failures are raised)."""
+        return status_error(self.answer())
+
+    def _replay(self, method: str, url: str) -> tuple[str, str, bytes | None, str | None]:
+        body = self._body if method == "POST" else None
+        return method, url, body, self._content_type
 
 
 class Sender:
-    """Sends messages to one gatherer over keep-alive connections.
+    """Sends messages to one gatherer over keep-alive connections; safe to share between threads.
 
-    ``method`` is how a KEV URL is sent: GET (IRUS), HEAD (as EPrints does) or POST (the query
-    as an ``application/x-www-form-urlencoded`` body to the URL without its query). Safe to share
-    between threads; up to ``concurrency`` idle connections per origin are kept open.
+    ``method`` is how a KEV URL is sent: GET (IRUS), HEAD (as EPrints does) or POST (the query as
+    an ``application/x-www-form-urlencoded`` body to the URL without its query). ``deadline`` is
+    the most an exchange may take in all (s). ``proxy`` is the gatherer's ``proxy`` setting;
+    ``environ`` the environment to read proxy variables from (default: this process's).
     """
 
     def __init__(
@@ -409,9 +422,12 @@ class Sender:
         method: str = "GET",
         connect_timeout: float = 10.0,
         read_timeout: float = 20.0,
+        deadline: float | None = None,
         concurrency: int = 4,
         user_agent: str = USER_AGENT,
         ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         method = method.upper()
         if method not in METHODS:
@@ -421,11 +437,13 @@ class Sender:
         self.method = method
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.deadline = deadline if deadline is not None else connect_timeout + read_timeout
         self.concurrency = max(1, concurrency)
-        self._fixed_headers = (
-            f"User-Agent: {user_agent}\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"
-        )
+        self.user_agent = user_agent
+        self.proxy = proxy
+        self._ca_file = ca_file
         self._ssl_context = ssl_context
+        self._environment = urllib.request.getproxies_environment()
         self._idle: dict[Origin, list[_Connection]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -445,24 +463,18 @@ class Sender:
         for conn in idle:
             conn.close()
 
-    def send(
-        self, url: str, *, body: bytes | None = None, content_type: str | None = None
-    ) -> DeliveryResult:
-        """Deliver one message; return the result on any 2xx, else raise ``DeliveryError``.
-
-        With no ``body`` the URL is sent with the configured method; a ``body`` is always POSTed
-        with ``content_type``.
-        """
+    def send(self, url: str, *, body: bytes | None = None, content_type: str | None = None
+             ) -> DeliveryResult:
+        """Deliver one message; the result on any 2xx, else ``DeliveryError``. With no ``body``
+        the URL is sent with the configured method; a ``body`` is always POSTed."""
         return self.start(url, body=body, content_type=content_type).result()
 
-    def start(
-        self, url: str, *, body: bytes | None = None, content_type: str | None = None
-    ) -> Exchange:
+    def start(self, url: str, *, body: bytes | None = None, content_type: str | None = None
+              ) -> Exchange:
         """Write the request for one message and return without waiting for the answer.
 
         Raises ``DeliveryError`` when the request cannot be written (connection refused, an
-        invalid URL …); otherwise :meth:`Exchange.result` gives the outcome, exactly as
-        :meth:`send` would.
+        invalid URL …); otherwise the :class:`Exchange` gives the outcome.
         """
         method = self.method
         if body is None and method == "POST":
@@ -473,102 +485,129 @@ class Sender:
             method = "POST"
         return Exchange(self, method, url, body, content_type)
 
-    def send_xml_batch(self, url: str, xml_bytes: bytes) -> DeliveryResult:
-        """POST one XML ``context-objects`` document (ctx-xml profile)."""
-        return self.send(url, body=xml_bytes, content_type="application/xml; charset=utf-8")
+    def route(self, url: str) -> str:
+        """How a URL is reached, for people: ``direct`` or ``via proxy host:port``."""
+        origin, _, _ = _split_url(url)
+        proxy = proxy_for(origin, self.proxy, self._environment)
+        return "direct" if proxy is None else f"via proxy {proxy.host}:{proxy.port}"
 
-    # -- one request ---------------------------------------------------------------------------
+    # -- one request -------------------------------------------------------------------------
 
-    def _request_bytes(
-        self, method: str, origin: Origin, target: str, body: bytes | None,
-        content_type: str | None,
-    ) -> bytes:
-        if _UNSENDABLE.search(target):
-            raise DeliveryError(
-                f"invalid gatherer URL target {target[:200]!r}: spaces, control or non-ASCII"
-                " characters",
-                retryable=False,
-            )
-        head = f"{method} {target} HTTP/1.1\r\nHost: {_host_header(origin)}\r\n"
-        head += self._fixed_headers
-        if body is None:
-            return (head + "\r\n").encode("latin-1")
-        if content_type:
-            head += f"Content-Type: {content_type}\r\n"
-        return (head + f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
-
-    def _write(
-        self, method: str, url: str, body: bytes | None, content_type: str | None
-    ) -> _Wire:
-        """Send one request on a pooled (or new) connection; return what :meth:`_read` needs."""
-        origin, target = _split_url(url)
-        request = self._request_bytes(method, origin, target, body, content_type)
-        conn = self._checkout(origin)
+    def _write(self, method: str, url: str, body: bytes | None, content_type: str | None,
+               deadline: float, *, fresh: bool = False) -> tuple[_Connection, Origin]:
+        """Send one request on a pooled connection (a new one when ``fresh``)."""
+        origin, auth, target = _split_url(url)
+        conn = self._connect(origin, deadline) if fresh else self._checkout(origin, deadline)
         try:
-            conn.sock.sendall(request)
-        except TimeoutError as e:
-            conn.close()
-            raise DeliveryError(f"read timeout after {self.read_timeout:g}s") from e
-        except OSError as e:
+            self._put(conn, method, origin, auth, target, body, content_type, deadline)
+        except (ConnectionError, http.client.HTTPException) as e:
             conn.close()
             if not conn.exchanges:
-                raise DeliveryError(_describe_exchange_error(e)) from e
+                self._raise_as_delivery_error(e, deadline)
             # A kept-alive connection the gatherer closed while idle: once more on a new one.
-            conn = self._send_on_new_connection(origin, request)
-        except BaseException:
-            conn.close()
-            raise
-        return conn, origin, request
-
-    def _send_on_new_connection(self, origin: Origin, request: bytes) -> _Connection:
-        conn = self._connect(origin)
-        try:
-            conn.sock.sendall(request)
+            conn = self._connect(origin, deadline)
+            try:
+                self._put(conn, method, origin, auth, target, body, content_type, deadline)
+            except BaseException as again:
+                conn.close()
+                self._raise_as_delivery_error(again, deadline)
         except BaseException as e:
             conn.close()
-            self._raise_as_delivery_error(e)
-        return conn
+            self._raise_as_delivery_error(e, deadline)
+        return conn, origin
 
-    def _read(self, method: str, conn: _Connection, origin: Origin, request: bytes) -> _Answer:
-        """Read the answer to ``request``; pool or close the connection; raise
-        ``DeliveryError`` for anything that is not an HTTP answer."""
+    def _put(self, conn: _Connection, method: str, origin: Origin, auth: str | None,
+             target: str, body: bytes | None, content_type: str | None, deadline: float
+             ) -> None:
+        h = conn.http
+        h.deadline = deadline
+        if h.sock is not None:
+            h.limit(h.sock)
+        if conn.via_proxy is not None:  # plain HTTP through a proxy: the absolute form
+            target = f"{origin[0]}://{_host_header(origin)}{target}"
+        h.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        h.putheader("Host", _host_header(origin))
+        h.putheader("User-Agent", self.user_agent)
+        h.putheader("Accept", "*/*")
+        h.putheader("Accept-Encoding", "identity")
+        if auth is not None:
+            h.putheader("Authorization", auth)
+        if conn.via_proxy is not None and conn.via_proxy.authorization:
+            h.putheader("Proxy-Authorization", conn.via_proxy.authorization)
+        if body is not None:
+            if content_type:
+                h.putheader("Content-Type", content_type)
+            h.putheader("Content-Length", str(len(body)))
+        h.endheaders(body)
+
+    def _read(self, method: str, deadline: float, conn: _Connection, origin: Origin,
+              replay: tuple[str, str, bytes | None, str | None]) -> Answer:
+        """Read the answer on ``conn``; pool or close the connection."""
         try:
             try:
-                answer, keep_alive = conn.read_answer(method)
-            except _Dropped:
+                response = conn.http.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError):
                 if not conn.exchanges:  # a new connection: the gatherer hung up on this request
                     raise
-                # A kept-alive connection closed before any byte of the answer: the gatherer
-                # closed it while idle, so the request went nowhere. Once more on a new one.
+                # A kept-alive connection closed before any byte of the answer: the request
+                # went nowhere. Once more on a new one.
                 conn.close()
-                conn = self._send_on_new_connection(origin, request)
-                answer, keep_alive = conn.read_answer(method)
+                conn, origin = self._write(*replay, deadline, fresh=True)
+                response = conn.http.getresponse()
+            answer, drained = _read_answer(response)
         except BaseException as e:
             conn.close()
-            self._raise_as_delivery_error(e)
+            self._raise_as_delivery_error(e, deadline)
         conn.exchanges += 1
-        if keep_alive:
+        if drained and not response.will_close and conn.http.sock is not None:
             self._checkin(origin, conn)
         else:
             conn.close()
         return answer
 
-    def _raise_as_delivery_error(self, exc: BaseException) -> NoReturn:
-        """Raise what went wrong in an exchange as a (retryable) ``DeliveryError``; anything
-        that is not a network or protocol failure (a bug, ``KeyboardInterrupt``) as it is."""
+    def _raise_as_delivery_error(self, exc: BaseException, deadline: float) -> NoReturn:
+        """Raise an exchange failure as a ``DeliveryError`` (retryable unless the certificate
+        or the proxy's answer says the setup is wrong); anything that is not a network or
+        protocol failure (a bug, ``KeyboardInterrupt``) as it is."""
+        if isinstance(exc, DeliveryError):
+            raise exc
+        if isinstance(exc, _DeadlinePassed):
+            raise DeliveryError(f"no complete answer within the {self.deadline:g}s deadline"
+                                ) from exc
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise DeliveryError(f"TLS certificate not trusted: {exc.verify_message or exc}",
+                                retryable=False) from exc
+        if isinstance(exc, ssl.SSLError):
+            raise DeliveryError(f"TLS error: {exc.reason or exc}") from exc
         if isinstance(exc, TimeoutError):
+            if deadline - time.monotonic() <= 0:
+                raise DeliveryError(f"no complete answer within the {self.deadline:g}s"
+                                    " deadline") from exc
             raise DeliveryError(f"read timeout after {self.read_timeout:g}s") from exc
-        if isinstance(exc, _Dropped):
-            raise DeliveryError(exc.reason) from exc
-        if isinstance(exc, _BadResponse):
-            raise DeliveryError(f"bad HTTP response: {exc}") from exc
+        if isinstance(exc, http.client.RemoteDisconnected):
+            raise DeliveryError("connection closed by gatherer without a response") from exc
+        if isinstance(exc, ConnectionResetError):
+            raise DeliveryError("connection reset by gatherer") from exc
+        if isinstance(exc, BrokenPipeError | ConnectionAbortedError):
+            raise DeliveryError("connection aborted") from exc
+        if isinstance(exc, http.client.InvalidURL):
+            raise DeliveryError(f"invalid gatherer URL: {scrub(str(exc))}",
+                                retryable=False) from exc
+        if isinstance(exc, http.client.HTTPException):
+            raise DeliveryError(f"bad HTTP response: {scrub(str(exc))[:200]}") from exc
         if isinstance(exc, OSError):
-            raise DeliveryError(_describe_exchange_error(exc)) from exc
+            tunnel = _TUNNEL_FAILED.match(str(exc))
+            if tunnel:
+                status = int(tunnel.group(1))
+                retryable = status in RETRYABLE_STATUSES or status >= 500
+                raise DeliveryError(f"proxy refused the tunnel: {status_text(status)}",
+                                    status=status, retryable=retryable) from exc
+            raise DeliveryError(f"connection error: {scrub(str(exc.strerror or exc))}") from exc
         raise exc
 
-    # -- the pool ------------------------------------------------------------------------------
+    # -- the pool ----------------------------------------------------------------------------
 
-    def _checkout(self, origin: Origin) -> _Connection:
+    def _checkout(self, origin: Origin, deadline: float) -> _Connection:
         with self._lock:
             idle = self._idle.get(origin)
             while idle:
@@ -576,9 +615,10 @@ class Sender:
                 if not conn.is_dropped():
                     return conn
                 conn.close()
-        return self._connect(origin)
+        return self._connect(origin, deadline)
 
     def _checkin(self, origin: Origin, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if not self._closed and len(idle) < self.concurrency:
@@ -586,88 +626,70 @@ class Sender:
                 return
         conn.close()
 
-    def _connect(self, origin: Origin) -> _Connection:
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:  # loading a CA store is slow: once per Sender
+            try:
+                self._ssl_context = ssl.create_default_context(cafile=self._ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise DeliveryError(f"cannot read the CA file {self._ca_file}: {e}",
+                                    retryable=False) from e
+        return self._ssl_context
+
+    def _connect(self, origin: Origin, deadline: float) -> _Connection:
         scheme, host, port = origin
+        proxy = proxy_for(origin, self.proxy, self._environment)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeliveryError(f"no complete answer within the {self.deadline:g}s deadline")
+        timeout = min(self.connect_timeout, left)
+        peer = (host, port) if proxy is None else (proxy.host, proxy.port)
+        conn: _HTTP | _HTTPS
+        if scheme == "https":
+            conn = _HTTPS(*peer, timeout=timeout, context=self._context())
+            if proxy is not None:
+                headers = {"Host": f"{_host_header(origin)}"}
+                if proxy.authorization:
+                    headers["Proxy-Authorization"] = proxy.authorization
+                conn.set_tunnel(host, port, headers)
+        else:
+            conn = _HTTP(*peer, timeout=timeout)
+        conn.deadline = deadline
+        conn.read_timeout = self.read_timeout
+        conn.bound()
+        via = "" if proxy is None else f" by proxy {proxy.host}:{proxy.port}"
         try:
-            sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+            conn.connect()  # TCP, then the CONNECT tunnel and the TLS handshake, in ``timeout``
         except ConnectionRefusedError as e:
-            raise DeliveryError("connection refused") from e
-        except TimeoutError as e:
-            raise DeliveryError(f"connect timeout after {self.connect_timeout:g}s") from e
+            conn.close()
+            raise DeliveryError(f"connection refused{via}") from e
         except socket.gaierror as e:
-            raise DeliveryError(f"host name {host!r} not resolved: {e.strerror}") from e
-        except OSError as e:
-            raise DeliveryError(f"connection error: {e.strerror or e}") from e
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if scheme == "https":
-                if self._ssl_context is None:  # loading the CA store is slow: once per Sender
-                    self._ssl_context = ssl.create_default_context()
-                # The handshake runs here, under the connect timeout.
-                sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
-            sock.settimeout(self.read_timeout)
+            conn.close()
+            name = host if proxy is None else proxy.host
+            raise DeliveryError(f"host name {name!r} not resolved: {e.strerror}") from e
         except TimeoutError as e:
-            sock.close()
+            conn.close()
+            if isinstance(e, _DeadlinePassed) or deadline - time.monotonic() <= 0:
+                raise DeliveryError(f"no complete answer within the {self.deadline:g}s deadline"
+                                    ) from e
             raise DeliveryError(f"connect timeout after {self.connect_timeout:g}s") from e
-        except ssl.SSLError as e:
-            sock.close()
-            raise DeliveryError(f"TLS error with {host}: {e}") from e
-        except OSError as e:
-            sock.close()
-            raise DeliveryError(f"connection error: {e.strerror or e}") from e
-        except BaseException:
-            sock.close()
-            raise
-        return _Connection(sock)
+        except BaseException as e:
+            conn.close()
+            self._raise_as_delivery_error(e, deadline)
+        return _Connection(conn, proxy if scheme == "http" else None)
 
 
-def _split_url(url: str) -> tuple[Origin, str]:
-    """Return ``((scheme, host, port), request target)``; raise a non-retryable error.
-
-    Every URL of a gatherer starts with the same scheme and authority, so that part is parsed
-    once (:func:`_origin`); ``urlsplit`` of a whole KEV URL costs more than the rest of a send.
-    """
-    prefix = _ORIGIN_PREFIX.match(url)
-    if prefix is None:
-        raise DeliveryError(f"invalid gatherer URL {url!r}: not http(s)", retryable=False)
-    origin = _origin(prefix.group())
-    target = url[prefix.end() :].partition("#")[0].removesuffix("?")
-    return origin, target if target.startswith("/") else f"/{target}"
-
-
-@functools.lru_cache(maxsize=64)
-def _origin(prefix: str) -> Origin:
-    """The origin of a URL's ``scheme://authority`` part."""
-    try:
-        parts = urlsplit(prefix)
-        port = parts.port
-    except ValueError as e:
-        raise DeliveryError(f"invalid gatherer URL {prefix!r}: {e}", retryable=False) from e
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DeliveryError(f"invalid gatherer URL {prefix!r}: not http(s)", retryable=False)
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return parts.scheme, parts.hostname, port
-
-
-def _describe_exchange_error(exc: BaseException) -> str:
-    """Name a failure during the exchange in a few words (retryable in every case)."""
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset by gatherer"
-    if isinstance(exc, BrokenPipeError | ConnectionAbortedError):
-        return "connection aborted"
-    return f"connection error: {exc}"
-
-
-def _status_error(answer: _Answer) -> DeliveryError:
-    """Classify a non-2xx answer: 408, 429 and 5xx are retryable, any other status is not."""
-    status = answer.status
-    reason = _status_reason(status, answer.reason)
-    excerpt = answer.body[:_KEPT_BODY_BYTES].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS]
-    if status in RETRYABLE_STATUSES or 500 <= status < 600:
-        header = answer.headers.get("retry-after")
-        retry_after = parse_retry_after(header, time.time()) if header else None
-        return DeliveryError(
-            reason, status=status, retry_after=retry_after, retryable=True, body_excerpt=excerpt
-        )
-    return DeliveryError(reason, status=status, retryable=False, body_excerpt=excerpt)
+def _read_answer(response: http.client.HTTPResponse) -> tuple[Answer, bool | None]:
+    """The answer of a response, and whether its body was read to the end (a body longer than
+    ``MAX_DRAIN_BYTES`` is not: the connection is then closed)."""
+    status = response.status
+    if status < 200:  # http.client skips 100 Continue; another 1xx is not a final answer
+        raise http.client.HTTPException(f"unexpected interim answer {status}")
+    headers = response.msg
+    if response.length is not None and response.length <= MAX_DRAIN_BYTES:
+        body = response.read()  # IncompleteRead when the answer is cut short
+    else:  # chunked, up to the close, or too long to be worth reading to its end
+        body = response.read(MAX_DRAIN_BYTES + 1)
+    drained = len(body) <= MAX_DRAIN_BYTES and response.isclosed()
+    if not drained:
+        response.close()
+    return Answer(status, response.reason or "", headers, body[:MAX_BODY_BYTES]), drained

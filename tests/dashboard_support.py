@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
+from pirus_bridge.circuit import Circuit
 from pirus_bridge.config import Config
 from pirus_bridge.ingest import Ingester
 from pirus_bridge.outbox import DeliveryMeta, Outbox
-from pirus_bridge.pusher import Circuit
 from tests.helpers import OTHER_PERSON, PERSON, ROBOT, make_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -93,8 +93,8 @@ def fill(cfg: Config, r: redis.Redis, workdir: Path, now: float) -> dict[str, An
         box.settle(pipe, "retry", message, now=now, due=now + 1800,
                    meta=DeliveryMeta(attempts=2, last_status=503, last_error="HTTP 503"))
     pipe.execute()
-    Circuit(state="open", failures=5, next_probe=now + 240).save(
-        r, Outbox(r, "regional").keys["circuit"])
+    paused: Any = Circuit(state="open", failures=5, next_probe=now + 240).to_fields()
+    r.hset(Outbox(r, "regional").keys["circuit"], mapping=paused)
     return {"summary": summary, "failed": len(failed), "backoff": len(backoff), "log": log}
 
 

@@ -44,6 +44,7 @@ def gatherer_config(url: str, **overrides: Any) -> dict[str, Any]:
         "metrics": ["request", "investigation"],
         "connect_timeout_s": 0.5,
         "read_timeout_s": 0.3,
+        "deadline_s": 2.0,
         "concurrency": 4,
         "batch_size": 50,
         "retry": {"max_attempts": 5, "initial_backoff_s": 1, "max_backoff_s": 60},
@@ -105,6 +106,23 @@ def enqueue(cfg: Config, r: redis.Redis, tmp_path: Path, n: int, **kw: Any) -> I
                            usage_lines(n, **kw))
     assert all(v == n for v in summary.enqueued.values()), summary.enqueued
     return summary
+
+
+SPEC_STATS_KEYS = ("pending", "in_flight", "sent", "failed", "oldest_pending_age_s")  # §11
+
+
+def core(stats: dict[str, Any]) -> dict[str, Any]:
+    """The SPEC §11 part of ``outbox stats`` (the rest says what delivery waits for)."""
+    return {k: stats[k] for k in SPEC_STATS_KEYS}
+
+
+def set_circuit(r: redis.Redis, gatherer: str, circuit: Any) -> None:
+    """Store a :class:`~pirus_bridge.circuit.Circuit` as a pusher would."""
+    from pirus_bridge.outbox import Outbox
+
+    key = Outbox(r, gatherer).keys["circuit"]
+    r.delete(key)
+    r.hset(key, mapping=circuit.to_fields())
 
 
 EventKey = tuple[str, ...]

@@ -12,10 +12,12 @@ Usage in a test module::
 or import the ready-made fixture under its name: ``from tests.gatherer import gatherer_fixture``.
 
 The server speaks HTTP/1.1 with keep-alive (every response has a Content-Length), records every
-request, answers 200 by default, and plays scripted replies first (:meth:`Gatherer.script`):
-a status, a :class:`Reply` (status, headers, body, delay before answering), or ``"close"`` to
-drop the connection without answering. :meth:`Gatherer.stop` then :meth:`Gatherer.start`
-simulates an outage (connection refused) and recovery on the same port.
+request, answers 200 by default (or what an ``answer`` function returns), and plays scripted
+replies first (:meth:`Gatherer.script`): a status, a :class:`Reply` (status, headers, body, a
+delay before answering, or a drip: one byte at a time), or ``"close"`` to drop the connection
+without answering. :meth:`Gatherer.stop` then :meth:`Gatherer.start` simulates an outage
+(connection refused) and recovery on the same port. With ``tls`` (a server-side SSL context)
+it speaks HTTPS.
 
 ``python -m tests.gatherer [--port N] [--no-record]`` serves until interrupted and prints its URL
 (the benchmark runs it in a separate process so client and server do not share a GIL).
@@ -25,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,12 +44,14 @@ CLOSE = "close"
 
 @dataclass(frozen=True)
 class Reply:
-    """A scripted answer: status, extra headers, body, and a delay (s) before answering."""
+    """A scripted answer: status, extra headers, body, a delay (s) before answering, and
+    ``drip``: when set, the answer is sent one byte every ``drip`` seconds."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | str = b""
     delay: float = 0.0
+    drip: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     gatherer: Gatherer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that refused our certificate, or hung up: nothing to report
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -84,6 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        # The head and the body of an answer go in two writes: without this, Nagle's algorithm
+        # holds the body back until the client's delayed ACK (~40 ms), as no real server does.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = self.server.gatherer.tls
+        if tls is not None:  # the handshake here, in the connection's own thread
+            self.request = tls.wrap_socket(self.request, server_side=True)
         super().setup()
         self.conn_id = self.server.gatherer._connected(self.connection)
 
@@ -92,6 +106,8 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
         finally:
             self.server.gatherer._disconnected(self.connection)
+            if self.server.gatherer.tls is not None:
+                self.request.close()  # the server closes the plain socket it accepted only
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
@@ -101,19 +117,24 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
-        g._record(
-            ReceivedRequest(
-                method=self.command,
-                path=parts.path,
-                query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-                headers=dict(self.headers.items()),
-                body=body,
-                time=time.time(),
-                client_port=self.client_address[1],
-                connection=self.conn_id,
-            )
+        request = ReceivedRequest(
+            method=self.command,
+            path=parts.path,
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers=dict(self.headers.items()),
+            body=body,
+            time=time.time(),
+            client_port=self.client_address[1],
+            connection=self.conn_id,
         )
-        reply = g._next_reply()
+        index = g._record(request)
+        reply = g._next_reply(request)
+        try:
+            self._answer(g, reply)
+        finally:
+            g._finished(index)
+
+    def _answer(self, g: Gatherer, reply: Reply | str) -> None:
         if reply == CLOSE:
             self.close_connection = True
             try:
@@ -126,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         payload = reply.body.encode("utf-8") if isinstance(reply.body, str) else reply.body
+        if reply.drip:
+            self._drip(g, reply, payload)
+            return
         try:
             self.send_response(reply.status)
             for name, value in reply.headers.items():
@@ -137,18 +161,36 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
+    def _drip(self, g: Gatherer, reply: Reply, payload: bytes) -> None:
+        """The whole answer, one byte at a time (a gatherer too slow to be waited for)."""
+        answer = (f"HTTP/1.1 {reply.status} Slow\r\nContent-Length: {len(payload)}\r\n\r\n"
+                  .encode("latin-1") + payload)
+        self.close_connection = True
+        try:
+            for i in range(len(answer)):
+                self.connection.sendall(answer[i : i + 1])
+                if g._stopping.wait(reply.drip):
+                    return
+        except OSError:
+            return
+
     do_GET = do_HEAD = do_POST = do_PUT = _serve
 
 
 class Gatherer:
     """A scriptable HTTP gatherer on 127.0.0.1 (port 0 = a free port, kept across restarts)."""
 
-    def __init__(self, path: str = "/counter/", port: int = 0, *, record: bool = True) -> None:
+    def __init__(self, path: str = "/counter/", port: int = 0, *, record: bool = True,
+                 tls: ssl.SSLContext | None = None,
+                 answer: Callable[[ReceivedRequest], Reply] | None = None) -> None:
         self.path = path
         self.port = port
         self.record = record
+        self.tls = tls
+        self.answer = answer
         self._lock = threading.Condition()
         self._requests: list[ReceivedRequest] = []
+        self._ends: dict[int, float] = {}  # request index → when its answer ended
         self._script: deque[Reply | str] = deque()
         self._default = Reply()
         self._open: set[socket.socket] = set()
@@ -202,7 +244,8 @@ class Gatherer:
     @property
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:PORT/counter/``."""
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     @property
     def running(self) -> bool:
@@ -257,8 +300,14 @@ class Gatherer:
         """Forget received requests and the connection count."""
         with self._lock:
             self._requests.clear()
+            self._ends.clear()
             self._connections = 0
             self._received = 0
+
+    def exchanges(self) -> list[tuple[ReceivedRequest, float]]:
+        """Each recorded request with the time its answer ended (``inf`` while under way)."""
+        with self._lock:
+            return [(q, self._ends.get(i, float("inf"))) for i, q in enumerate(self._requests)]
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[ReceivedRequest]:
         """Block until at least ``count`` requests arrived; raise ``TimeoutError`` after
@@ -280,16 +329,27 @@ class Gatherer:
         with self._lock:
             self._open.discard(sock)
 
-    def _record(self, request: ReceivedRequest) -> None:
+    def _record(self, request: ReceivedRequest) -> int:
         with self._lock:
             self._received += 1
             if self.record:
                 self._requests.append(request)
             self._lock.notify_all()
+            return len(self._requests) - 1 if self.record else -1
 
-    def _next_reply(self) -> Reply | str:
+    def _finished(self, index: int) -> None:
+        if index >= 0:
+            with self._lock:
+                self._ends[index] = time.time()
+
+    def _next_reply(self, request: ReceivedRequest) -> Reply | str:
         with self._lock:
-            return self._script.popleft() if self._script else self._default
+            if self._script:
+                return self._script.popleft()
+            if self.answer is None:
+                return self._default
+            answer = self.answer
+        return answer(request)
 
 
 @pytest.fixture(name="gatherer")

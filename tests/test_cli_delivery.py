@@ -70,12 +70,15 @@ class Env:
         enqueue(self.cfg, self.r, self.tmp_path, n, **kw)
 
     def fail_some(self, n: int, *, at: float | None = None) -> list[str]:
-        """Enqueue ``n`` events that the gatherer refuses (404); return their ids."""
+        """Enqueue ``n`` (< 5) events that fail for good (503 with a single attempt allowed);
+        return their ids."""
         before = {i for i, _ in self.box.ids("failed", 10**6)}
         self.enqueue(n, first_item=800 + len(before), day="20/Oct/2026")
-        if at is None:  # the real way: the gatherer refuses them
-            self.g.script([Reply(404, body="unknown repository")] * n)
-            pusher = Pusher(self.cfg, self.r, self.cfg.gatherers["irus"], clock=FakeClock())
+        if at is None:  # the real way: the gatherer fails them and their attempts run out
+            self.g.script([Reply(503, body="unknown repository")] * n)
+            cfg = delivery_config(self.cfg.redis.url or "", self.g.url,
+                                  retry={"max_attempts": 1})
+            pusher = Pusher(cfg, self.r, cfg.gatherers["irus"], clock=FakeClock())
             try:
                 assert pusher.push_once().failed == n
             finally:
@@ -109,7 +112,7 @@ def test_cli_push_once_json(env: Env) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"irus": {"sent": 12, "retried": 0, "failed": 0,
                                                 "released": 0, "circuit": "closed",
-                                                "errors": {}}}
+                                                "paused_reason": None, "errors": {}}}
     assert env.g.received == 12 and len(per_event(env.g.requests)) == 12
     again = env.script("push", "--once", "--gatherer", "irus", "--json")
     assert json.loads(again.stdout)["irus"]["sent"] == 0
@@ -127,8 +130,8 @@ def test_cli_outbox_stats_json_shape(env: Env) -> None:
     env.enqueue(5)
     stats = env.json("outbox", "stats")
     assert list(stats) == ["irus"]
-    assert list(stats["irus"]) == ["pending", "in_flight", "sent", "failed",
-                                   "oldest_pending_age_s"]
+    assert list(stats["irus"])[:5] == ["pending", "in_flight", "sent", "failed",
+                                       "oldest_pending_age_s"]  # SPEC §11, then the rest
     assert stats["irus"]["pending"] == 5 and stats["irus"]["oldest_pending_age_s"] >= 0
     text = env.run("outbox", "stats")
     assert text.exit_code == 0 and "irus" in text.stdout and "pending" in text.stdout
@@ -147,7 +150,14 @@ def test_cli_outbox_list_json(env: Env) -> None:
     assert env.script("push", "--once").returncode == 0
     assert env.json("outbox", "list") == []
     sent = env.json("outbox", "list", "--state", "sent", "--gatherer", "irus")
-    assert len(sent) == 6 and all(row["item"] is None for row in sent)  # event data gone
+    assert len(sent) == 6 and all(list(row) == ROW_KEYS for row in sent)
+    # The audit record: item, metric and event time stay; the raw event is gone.
+    assert {row["item"] for row in sent} == {str(i) for i in range(100, 106)}
+    assert {row["metric"] for row in sent} == {"Request"} and all(row["event_time"] for row in sent)
+    shown = env.json("outbox", "show", sent[0]["id"])
+    assert shown["state"] == "sent" and shown["item"] == sent[0]["item"]
+    assert shown["oai_identifier"] == f"oai:eprints.example.ac.uk:{sent[0]['item']}"
+    assert "event" not in shown and "198.18." not in json.dumps(shown)
 
 
 def test_cli_outbox_show_json_includes_the_request(env: Env) -> None:
@@ -186,14 +196,14 @@ def test_cli_failed_list_and_show(env: Env) -> None:
     ids = env.fail_some(3)
     rows = env.json("failed", "list")
     assert {row["id"] for row in rows} == set(ids)
-    assert all(row["state"] == "failed" and row["last_status"] == 404 and row["attempts"] == 1
+    assert all(row["state"] == "failed" and row["last_status"] == 503 and row["attempts"] == 1
                for row in rows)
-    assert all(row["last_error"] == "HTTP 404 Not Found" for row in rows)
+    assert all(row["last_error"] == "HTTP 503 Service Unavailable" for row in rows)
     shown = env.json("failed", "show", ids[0])
     assert shown["meta"]["body_excerpt"] == "unknown repository"
     assert shown["request"]["url"].startswith(env.g.url)
     text = env.run("failed", "list")
-    assert text.exit_code == 0 and text.stdout.count("HTTP 404 Not Found") == 3
+    assert text.exit_code == 0 and text.stdout.count("HTTP 503 Service Unavailable") == 3
     assert "body         unknown repository" in env.run("failed", "show", ids[0]).stdout
 
 
@@ -257,3 +267,28 @@ def test_cli_outbox_show_of_a_failed_message_keeps_its_history(env: Env) -> None
     shown = env.json("outbox", "show", message.id)
     assert (shown["state"], shown["attempts"], shown["last_status"]) == ("pending", 2, 502)
     assert shown["meta"]["last_error"] == "HTTP 502 Bad Gateway"
+
+
+def test_cli_show_never_prints_gatherer_credentials(redis_url: str, r: redis.Redis,
+                                                    tmp_path: Path) -> None:
+    with Gatherer() as g:
+        url = f"http://campus:s3cret-pw@127.0.0.1:{g.port}/counter/?api_key=k3y-value&x=1"
+        config = write_config_file(tmp_path / "pirus-bridge.yaml", redis_url, url,
+                                   retry={"max_attempts": 1})
+        cfg = delivery_config(redis_url, url, retry={"max_attempts": 1})
+        enqueue(cfg, r, tmp_path, 2)
+        g.script([Reply(503, body="api_key=k3y-value rejected for campus/s3cret-pw")])
+        pusher = Pusher(cfg, r, cfg.gatherers["irus"], clock=FakeClock())
+        try:
+            assert pusher.push_once().sent == 1
+        finally:
+            pusher.close()
+        assert g.requests[0].headers["Authorization"] == "Basic Y2FtcHVzOnMzY3JldC1wdw=="
+        [(failed_id, _)] = Outbox(r, "irus").ids("failed")
+        runner = CliRunner()
+        outputs = [runner.invoke(cli, ["--config", str(config), *args]).output for args in (
+            ["failed", "show", failed_id], ["failed", "show", failed_id, "--json"],
+            ["failed", "list"], ["outbox", "list", "--state", "sent"], ["outbox", "stats"])]
+    text = "\n".join(outputs)
+    assert "s3cret" not in text and "k3y-value" not in text, text
+    assert "api_key=***" in text and "campus:***@" in text

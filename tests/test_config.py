@@ -31,11 +31,64 @@ def test_config_example_is_valid() -> None:
     cfg = load_config(ROOT / "config.example.yaml")
     assert cfg.redis.url is None  # the embedded default
     assert cfg.redis.data_dir == ROOT / "var"
-    g = cfg.gatherers["irus"]
-    assert g.url == "https://irus.jisc.ac.uk/counter/test/"
+    g = cfg.gatherers["tracker"]
+    assert g.url == "https://tracker.example.org/counter/"  # not the retired IRUS endpoint
     assert g.metrics == (MetricType.REQUEST,)
     assert g.retry.max_attempts == 12
+    assert "irus.jisc.ac.uk/counter" not in "".join(
+        line.split("#")[0] for line in (ROOT / "config.example.yaml").read_text().splitlines())
     assert cfg.repository.mapping == ROOT / "mappings" / "eprints3.yaml"
+
+
+def test_config_example_openaire_gatherer_is_valid_once_uncommented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    text = (ROOT / "config.example.yaml").read_text()
+    block = text[text.index("  # openaire:"):]
+    uncommented = text[: text.index("  # openaire:")] + "\n".join(
+        line.replace("  # ", "  ", 1) if line.startswith("  # ") else line
+        for line in block.splitlines())
+    monkeypatch.setenv("OPENAIRE_TOKEN", "0123456789abcdef0123456789abcdef")
+    cfg = parse_config(yaml.safe_load(uncommented), base=ROOT)
+    g = cfg.gatherers["openaire"]
+    assert (g.profile, g.url, g.site_id, g.batch_size) == (
+        "matomo", "https://analytics.openaire.eu/piwik.php", "123", 100)
+    assert g.token == "0123456789abcdef0123456789abcdef"
+
+
+def test_config_gatherer_transport_and_form_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    g = parse_config({**GOOD, "gatherers": {"t": {
+        "url": "https://t.example/counter/", "proxy": "http://u:p@proxy.example:3128",
+        "tls": {"ca_file": str(ca)}, "deadline_s": 45, "req_id_form": "urn",
+        "send_empty_rfr_dat": False, "anonymize_ip": 1}}}, base=ROOT).gatherers["t"]
+    assert (g.proxy, g.tls.ca_file, g.deadline_s, g.req_id_form, g.send_empty_rfr_dat,
+            g.anonymize_ip) == ("http://u:p@proxy.example:3128", ca, 45.0, "urn", False, 1)
+    default = parse_config(GOOD, base=ROOT).gatherers["irus"]
+    assert (default.proxy, default.tls.ca_file, default.deadline_s, default.req_id_form,
+            default.send_empty_rfr_dat, default.anonymize_ip, default.batch_size) == (
+        None, None, 30.0, None, True, 0, 100)
+
+
+def test_config_gatherer_transport_problems() -> None:
+    found = problems_of({**GOOD, "outbox": {"lease_s": 20}, "gatherers": {"t": {
+        "url": "https://t.example/counter/", "proxy": "https://u:secret@proxy:3128",
+        "tls": {"ca_file": "/nonexistent/ca.pem", "verify": False}, "deadline_s": 20,
+        "req_id_form": "urn:ip", "anonymize_ip": 4,
+        "circuit": {"failure_ratio": 1.5, "window": 1}}}})
+    assert "http:// proxy URL" in found["gatherers.t.proxy"]
+    assert "secret" not in found["gatherers.t.proxy"]  # credentials never shown
+    assert "no such file" in found["gatherers.t.tls.ca_file"]
+    assert found["gatherers.t.tls.verify"].startswith("unknown key")  # no way to turn it off
+    assert "shorter than outbox.lease_s (20)" in found["gatherers.t.deadline_s"]
+    assert "bare, urn" in found["gatherers.t.req_id_form"]
+    assert "between 0 and 3" in found["gatherers.t.anonymize_ip"]
+    assert "between 0.01 and 1" in found["gatherers.t.circuit.failure_ratio"]
+    assert "at least 2" in found["gatherers.t.circuit.window"] or \
+        "between 2" in found["gatherers.t.circuit.window"]
 
 
 def test_config_defaults() -> None:

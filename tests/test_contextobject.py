@@ -344,3 +344,24 @@ def test_build_xml_batch_of_three() -> None:
     assert _text(cos[2], "ctx:requester/ctx:identifier") == ["urn:ip:2001:db8::2"]
     assert _text(cos[2], "ctx:requester/ctx:private-data") == ["badua"]
     assert _text(cos[0], "ctx:resolver/ctx:identifier") == [HOST]
+
+
+@pytest.mark.parametrize("name", ["irus", "pirus2-legacy", "matomo"])
+def test_encode_fields_is_build_kev_then_encode_kev(name: str) -> None:
+    """The one-pass encoder the pusher uses gives exactly what the two reference steps give."""
+    from pirus_bridge.contextobject import encode_fields, encode_kev, get_profile
+
+    profile = get_profile(name).with_defaults(site_id="7").with_optional("rfr_dat", True)
+    profile = profile.with_overrides({"x_note": "item {item} ({metric})", "rfr_id": "{host}"})
+    events = [
+        UsageEvent(1_790_000_000 + i, str(i), f"oai:h:{i}" if i % 4 else None,
+                   MetricType.REQUEST if i % 2 else MetricType.INVESTIGATION,
+                   f"https://h/{i}/a b.pdf", f"192.0.2.{i}", f"Mözilla {i} & co",
+                   "https://r/?q=ü" if i % 3 else "", 200)
+        for i in range(12)
+    ]
+    for i, event in enumerate(events):
+        metadata = {"title": "Tïtle & more", "doi": f"10.1/{i}"} if i % 2 else None
+        pairs = build_kev(event, profile=profile, repository_host="h", metadata=metadata)
+        assert encode_fields(event, profile=profile, repository_host="h",
+                             metadata=metadata) == encode_kev(pairs)

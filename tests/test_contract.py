@@ -181,7 +181,7 @@ def test_contract_pusher_killed_loses_nothing(backend: Backend, tmp_path: Path,
         tmp_path / "pirus-bridge.yaml", outbox={"lease_s": lease_s},
         gatherers={"irus": {"url": gatherer.url, "metrics": ["request", "investigation"],
                             "batch_size": batch_size, "concurrency": 2,
-                            "read_timeout_s": 5}})  # fmt: skip
+                            "read_timeout_s": 1, "deadline_s": 1.5}})  # fmt: skip
     log = tmp_path / "usage.log"
     log.write_text("".join(usage_lines(400)))  # 400 qualifying events, no double-clicks
     total = backend.cli_json(config, "ingest", str(log))["enqueued"]["irus"]

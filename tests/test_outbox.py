@@ -15,11 +15,20 @@ from pathlib import Path
 import pytest
 import redis
 
+from pirus_bridge.circuit import Circuit
 from pirus_bridge.config import Config
 from pirus_bridge.counter import event_to_json
 from pirus_bridge.events import MetricType, UsageEvent
 from pirus_bridge.outbox import Claim, DeliveryMeta, Message, Outbox, message_json
-from tests.delivery_support import delivery_config, enqueue, outbox_dump, usage_lines
+from tests.delivery_support import (
+    SPEC_STATS_KEYS,
+    core,
+    delivery_config,
+    enqueue,
+    outbox_dump,
+    set_circuit,
+    usage_lines,
+)
 
 URL = "http://127.0.0.1:9/counter/"  # never contacted here
 MONTH = "2026-10"
@@ -82,7 +91,7 @@ def test_outbox_claim_leases_only_due_messages(
     claimed = box.claim(3, 60, now=now)
     assert len(claimed) == 3
     assert all(m.event is not None and m.meta.attempts == 0 for m in claimed)
-    assert box.stats(now) | {"oldest_pending_age_s": 0} == {
+    assert core(box.stats(now)) | {"oldest_pending_age_s": 0} == {
         "pending": 2, "in_flight": 3, "sent": 0, "failed": 0, "oldest_pending_age_s": 0
     }
     assert {i for i, _ in box.ids("inflight")} == {m.id for m in claimed}
@@ -181,8 +190,8 @@ def test_outbox_late_sent_after_reclaim_does_not_double_count(
     assert settle(box, "sent", b, t0 + 13) == 0
     assert box.claim(1, 10, now=t0 + 100) == []
     assert box.month_counts(MONTH) == {"qualified": 1, "sent": 1, "failed": 0, "pending": 0}
-    assert box.stats(t0 + 100) == {"pending": 0, "in_flight": 0, "sent": 1, "failed": 0,
-                                   "oldest_pending_age_s": 0.0}
+    assert core(box.stats(t0 + 100)) == {"pending": 0, "in_flight": 0, "sent": 1, "failed": 0,
+                                         "oldest_pending_age_s": 0.0}
 
 
 def test_outbox_late_failure_then_delivery_elsewhere_counts_as_sent(
@@ -207,10 +216,78 @@ def test_outbox_stats_shape_and_oldest_pending_age(
     enqueue(cfg, r, tmp_path, 3)
     oldest_due = box.ids("pending", 1)[0][1]
     stats = box.stats(oldest_due + 90)
-    assert list(stats) == ["pending", "in_flight", "sent", "failed", "oldest_pending_age_s"]
+    assert list(stats) == [*SPEC_STATS_KEYS, "waiting", "next_due_in_s", "retrying", "circuit",
+                           "paused_reason", "paused_for_s"]
     assert stats["pending"] == 3 and stats["oldest_pending_age_s"] == 90.0
-    assert Outbox(r, "nobody").stats() == {"pending": 0, "in_flight": 0, "sent": 0, "failed": 0,
-                                           "oldest_pending_age_s": 0.0}
+    assert stats["waiting"] == 0 and stats["next_due_in_s"] is None and stats["retrying"] == 0
+    assert Outbox(r, "nobody").stats() == {
+        "pending": 0, "in_flight": 0, "sent": 0, "failed": 0, "oldest_pending_age_s": 0.0,
+        "waiting": 0, "next_due_in_s": None, "retrying": 0, "circuit": "closed",
+        "paused_reason": None, "paused_for_s": 0.0,
+    }
+
+
+def test_outbox_backlog_age_counts_from_enqueue_through_backoff(
+    cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
+) -> None:
+    """A message in backoff is due in the future; its age still counts from its enqueue."""
+    enqueue(cfg, r, tmp_path, 2)
+    enqueued = box.ids("pending", 1)[0][1]
+    t0 = enqueued + 5
+    first, second = box.claim(2, 60, now=t0)
+    settle(box, "retry", first, t0, due=t0 + 3600, meta=DeliveryMeta(attempts=1))
+    settle(box, "sent", second, t0)
+    stats = box.stats(t0 + 600)
+    assert stats["pending"] == 1 and stats["waiting"] == 1 and stats["retrying"] == 1
+    assert stats["oldest_pending_age_s"] == round(t0 + 600 - enqueued, 1)  # not 0
+    assert stats["next_due_in_s"] == 3000.0
+    again = box.claim(1, 60, now=t0 + 3600)[0]  # still retrying while in flight
+    assert box.stats(t0 + 3601)["retrying"] == 1
+    assert box.stats(t0 + 3601)["oldest_pending_age_s"] == round(t0 + 3601 - enqueued, 1)
+    settle(box, "sent", again, t0 + 3601)
+    assert box.stats(t0 + 3602)["retrying"] == 0 and r.zcard(box.keys["retry"]) == 0
+
+
+def test_outbox_enqueue_time_in_the_body_is_used(r: redis.Redis, box: Outbox) -> None:
+    """The counting script may give a fresh message a hold (a due time a little ahead) and
+    write its enqueue time as ``q``: the backlog's age counts from ``q``."""
+    event = UsageEvent(1_792_000_000, "7", "oai:x:7", MetricType.REQUEST, "https://x/7/a.pdf",
+                       "192.0.2.1", "Mozilla", "-", 200)
+    body = message_json(event, enqueued=1000.0)
+    assert json.loads(body)["q"] == 1000
+    r.hset(box.keys["msg"], "m1", body)
+    r.zadd(box.keys["pending"], {"m1": 1060.0})  # held for a minute
+    assert box.stats(1030)["oldest_pending_age_s"] == 30.0
+    [claimed] = box.claim(1, 60, now=1100)
+    assert claimed.enqueued == 1000.0 and claimed.due == 1060.0
+
+
+def test_outbox_retry_entries_of_messages_gone_another_way_are_dropped(
+    r: redis.Redis, box: Outbox
+) -> None:
+    """The counting script may retract a pending message (a later click superseded it) without
+    knowing ob:{g}:retry: the stale entry neither ages the backlog nor stays."""
+    event = UsageEvent(1_792_000_000, "7", "oai:x:7", MetricType.REQUEST, "https://x/7/a.pdf",
+                       "192.0.2.1", "Mozilla", "-", 200)
+    r.hset(box.keys["msg"], mapping={"old": message_json(event), "new": message_json(event)})
+    r.zadd(box.keys["pending"], {"old": 10.0, "new": 500.0})
+    r.zadd(box.keys["retry"], {"old": 5.0})
+    r.zrem(box.keys["pending"], "old")  # retracted
+    r.hdel(box.keys["msg"], "old")
+    assert box.stats(600)["oldest_pending_age_s"] == 100.0
+    assert r.zcard(box.keys["retry"]) == 0
+
+
+def test_outbox_stats_show_a_pause_and_its_reason(r: redis.Redis, box: Outbox) -> None:
+    set_circuit(r, "irus", Circuit(state="open", why="misconfigured",
+                                   reason="every message refused: HTTP 401", next_probe=160.0))
+    stats = box.stats(100)
+    assert stats["circuit"] == "open" and stats["paused_for_s"] == 60.0
+    assert stats["paused_reason"] == "misconfigured: every message refused: HTTP 401"
+    set_circuit(r, "irus", Circuit(paused_until=130.0))
+    stats = box.stats(100)
+    assert stats["circuit"] == "closed" and stats["paused_for_s"] == 30.0
+    assert stats["paused_reason"] == "the gatherer asked for a pause (HTTP 429 Retry-After 30s)"
 
 
 def test_outbox_revive_and_purge_failed_messages(
@@ -225,6 +302,7 @@ def test_outbox_revive_and_purge_failed_messages(
     assert box.failed_ids(older_than_s=3600, now=t0 + 60) == []
     assert set(box.failed_ids(older_than_s=30, now=t0 + 60)) == {m.id for m in batch}
 
+    r.zadd(box.keys["retry"], {batch[0].id: t0 - 100, batch[1].id: t0 - 100})
     assert box.revive([batch[0].id, "no-such-id"], now=t0 + 60) == 1
     assert box.state_of(batch[0].id) == ("pending", t0 + 60)
     revived = box.claim(1, 60, now=t0 + 60)[0]
@@ -233,6 +311,7 @@ def test_outbox_revive_and_purge_failed_messages(
 
     assert box.purge([batch[1].id]) == 1
     assert box.purge([batch[1].id]) == 0
+    assert r.zcard(box.keys["retry"]) == 0  # a revived message ages from now
     assert box.get(batch[1].id) is None and box.state_of(batch[1].id) is None
     assert box.revive([batch[1].id]) == 0  # purged for good
     # Purged messages stay counted as failed: the month still adds up.
@@ -240,17 +319,26 @@ def test_outbox_revive_and_purge_failed_messages(
     assert box.stats(t0)["failed"] == 1
 
 
-def test_outbox_trim_sent_keeps_the_monthly_counts(
+def test_outbox_sent_messages_keep_an_audit_record_for_the_audit_period(
     cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
 ) -> None:
+    """What was delivered stays auditable (item, OAI identifier, metric, event time; no
+    identity) as long as its id stays in ``sent``; trimming keeps the monthly counts."""
     enqueue(cfg, r, tmp_path, 2)
     t0 = later()
     first, second = box.claim(2, 60, now=t0)
     settle(box, "sent", first, t0)
     settle(box, "sent", second, t0 + 500)
+    audit = box.audit([first.id, second.id, "unknown"])
+    assert set(audit) == {first.id, second.id}
+    assert first.event is not None
+    assert audit[first.id] == {"i": first.event.item, "o": first.event.oai_identifier,
+                               "m": "R", "t": first.event.ts}
+    assert first.event.ip not in json.dumps(audit) and "Mozilla" not in json.dumps(audit)
     assert box.trim_sent(1000, now=t0 + 900) == 0
     assert box.trim_sent(1000, now=t0 + 1200) == 1
     assert [i for i, _ in box.ids("sent")] == [second.id]
+    assert set(box.audit([first.id, second.id])) == {second.id}
     assert box.month_counts(MONTH)["sent"] == 2
     assert box.stats(t0)["sent"] == 2
 
@@ -283,6 +371,7 @@ def test_message_parse_reads_compact_and_earlier_bodies() -> None:
                        "abc", "download")
     body = message_json(event)
     assert set(json.loads(body)) == {"t", "i", "o", "m", "u", "ip", "ua", "r"}
+    assert Message.parse("irus", "m1", body).queued is None
     compact = Message.parse("irus", "m1", body.encode())
     # what delivery needs survives; status, session and mapping rule are not kept
     assert compact.event == replace(event, status=0, session=None, rule="")
@@ -326,6 +415,7 @@ def test_outbox_claim_on_obeys_the_circuit(
         r.hset(box.keys["circuit"], mapping=fields)
     claim = claim_on(box, 4, now)
     assert len(claim.messages) == leased
+    assert Circuit.from_fields(fields).claim_limit(now, 4) == leased  # the rule's statement
     assert claim.circuit == fields
     assert box.stats(now)["in_flight"] == leased
     assert all(m.event is not None for m in claim.messages)

@@ -19,19 +19,22 @@ import redis
 from lxml import etree
 
 from pirus_bridge import keys
+from pirus_bridge.circuit import Circuit
 from pirus_bridge.config import Config, RetryConfig
 from pirus_bridge.contextobject import CTX_NS
 from pirus_bridge.outbox import Outbox
-from pirus_bridge.pusher import Circuit, Pusher, RateLimiter, RetryPolicy
+from pirus_bridge.pusher import Pusher, RateLimiter, RetryPolicy
 from tests.delivery_support import (
     HOST,
     IRUS_KEYS,
     FakeClock,
+    core,
     delivered_once,
     delivery_config,
     enqueue,
     event_key,
     ingest_lines,
+    set_circuit,
 )
 from tests.gatherer import CLOSE, Gatherer, Reply
 from tests.helpers import OTHER_PERSON, clf
@@ -125,8 +128,8 @@ def test_pusher_delivers_each_event_once_with_the_irus_keys(
         "rft_dat": "Request", "svc_dat": f"https://{HOST}/900/1/thesis.pdf",
         "rfr_dat": "https://scholar.example.org/?q=a&b=c d",
     }
-    assert rig.stats() == {"pending": 0, "in_flight": 0, "sent": 56, "failed": 0,
-                           "oldest_pending_age_s": 0.0}
+    assert core(rig.stats()) == {"pending": 0, "in_flight": 0, "sent": 56, "failed": 0,
+                                 "oldest_pending_age_s": 0.0}
     assert rig.box.month_counts(MONTH) == {"qualified": 56, "sent": 56, "failed": 0,
                                            "pending": 0}
     assert gatherer.connections <= rig.cfg.gatherers["irus"].concurrency  # keep-alive
@@ -140,7 +143,8 @@ def test_pusher_retries_a_server_error_on_the_next_due_push(
     rig.enqueue(1)
     gatherer.script([Reply(500, body="database is locked")])
     assert rig.push() | {"errors": {}} == {"sent": 0, "retried": 1, "failed": 0, "released": 0,
-                                           "circuit": "closed", "errors": {}}
+                                           "circuit": "closed", "paused_reason": None,
+                                           "errors": {}}
     meta = rig.only_message().meta
     assert (meta.attempts, meta.last_status) == (1, 500)
     assert meta.last_error == "HTTP 500 Internal Server Error"
@@ -164,7 +168,7 @@ def test_pusher_honours_retry_after_without_using_an_attempt(
     message = rig.only_message()
     assert message.meta.attempts == 0 and message.meta.last_status == 429
     assert rig.box.state_of(message.id) == ("pending", clock() + 30)
-    paused = Circuit.load(rig.r, rig.box.keys["circuit"])
+    paused = rig.box.circuit()
     assert paused.paused_until == clock() + 30
     clock.advance(29)
     assert rig.push()["sent"] == 0
@@ -178,9 +182,11 @@ def test_pusher_honours_retry_after_without_using_an_attempt(
 def test_pusher_sends_a_client_error_to_the_failure_queue_then_retries_it(
     rig_factory: Any, gatherer: Gatherer, clock: FakeClock
 ) -> None:
-    rig = rig_factory()
-    rig.enqueue(1)
-    gatherer.script([Reply(404, body="<html>No such tracker</html>" + "x" * 1000)])
+    """A 404 for one message while the gatherer accepts the ones after it: that message is
+    wrong in itself, so it goes to the failure queue with the status and a body excerpt."""
+    rig = rig_factory(concurrency=1)
+    rig.enqueue(3)
+    gatherer.script([Reply(404, body="<html>No such tracker</html>" + "x" * 1000), 200, 200])
     assert rig.push()["failed"] == 1
     [(msg_id, failed_at)] = rig.box.ids("failed")
     assert failed_at == clock()
@@ -189,15 +195,38 @@ def test_pusher_sends_a_client_error_to_the_failure_queue_then_retries_it(
     assert meta.last_error.startswith("HTTP 404 ") and meta.last_error == "HTTP 404 Not Found"
     assert meta.body_excerpt.startswith("<html>No such tracker</html>")
     assert len(meta.body_excerpt) == 300
-    assert rig.box.month_counts(MONTH) == {"qualified": 1, "sent": 0, "failed": 1, "pending": 0}
+    assert rig.box.month_counts(MONTH) == {"qualified": 3, "sent": 2, "failed": 1, "pending": 0}
     clock.advance(3600)
     assert rig.push()["sent"] == 0  # failed messages stay failed until an admin acts
 
     assert rig.box.revive([msg_id], now=clock()) == 1  # `failed retry`
     assert rig.push()["sent"] == 1
-    assert gatherer.received == 2
-    assert rig.box.month_counts(MONTH) == {"qualified": 1, "sent": 1, "failed": 0, "pending": 0}
+    assert gatherer.received == 4
+    assert rig.box.month_counts(MONTH) == {"qualified": 3, "sent": 3, "failed": 0, "pending": 0}
     assert rig.stats()["failed"] == 0
+
+
+def test_pusher_holds_a_lone_refusal_until_the_gatherer_accepts_another(
+    rig_factory: Any, gatherer: Gatherer, clock: FakeClock
+) -> None:
+    """One message refused with nothing else to compare: it may be the gatherer that is wrong,
+    so the message is held (no attempt used); once the gatherer has accepted others after it,
+    a second refusal sends it to the failure queue."""
+    rig = rig_factory(concurrency=1)
+    rig.enqueue(1)
+    gatherer.script([Reply(400, body="bad request")])
+    result = rig.push()
+    assert (result["failed"], result["released"], result["circuit"]) == (0, 1, "closed")
+    held = rig.only_message()
+    assert held.meta.attempts == 0 and held.meta.last_status == 400
+    assert rig.box.state_of(held.id) == ("pending", clock() + 60)  # the probe interval
+    rig.enqueue(2, first_item=300)
+    assert rig.push()["sent"] == 2
+    clock.advance(60)
+    gatherer.script([Reply(400, body="bad request")])
+    assert rig.push()["failed"] == 1
+    assert [i for i, _ in rig.box.ids("failed")] == [held.id]
+    assert gatherer.received == 4
 
 
 def test_pusher_retries_a_read_timeout(
@@ -331,6 +360,28 @@ def test_pusher_applies_the_gatherers_field_overrides(
         assert q["svc_format"] == "application/pdf"
         assert q["x_item"] == "item-" + q["rft.artnum"].rsplit(":", 1)[1]
         assert list(q)[-2:] == ["svc_format", "x_item"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "req_id", "rfr_dat"),
+    [
+        ({}, "198.18.0.{n}", ["", "https://www.example.org/search?q=x"]),
+        ({"req_id_form": "urn"}, "urn:ip:198.18.0.{n}", ["", "https://www.example.org/search?q=x"]),
+        ({"send_empty_rfr_dat": False}, "198.18.0.{n}", [None, "https://www.example.org/search?q=x"]),
+        ({"profile": "pirus2-legacy", "req_id_form": "bare"}, "198.18.0.{n}", [None, None]),
+        ({"anonymize_ip": 1}, "198.18.0.0", ["", "https://www.example.org/search?q=x"]),
+    ],
+)
+def test_pusher_req_id_form_empty_rfr_dat_and_truncated_addresses(
+    rig_factory: Any, gatherer: Gatherer, settings: dict[str, Any], req_id: str,
+    rfr_dat: list[str | None],
+) -> None:
+    rig = rig_factory(concurrency=1, **settings)
+    rig.enqueue(2)  # the first without a Referer, the second with one
+    assert rig.push()["sent"] == 2
+    by_client = sorted(gatherer.requests, key=lambda q: q.query["req_dat"])
+    assert [q.query["req_id"] for q in by_client] == [req_id.format(n=n) for n in (1, 2)]
+    assert [q.query.get("rfr_dat") for q in by_client] == rfr_dat
 
 
 def test_pusher_render_is_the_request_sent(rig_factory: Any, gatherer: Gatherer) -> None:
@@ -557,16 +608,42 @@ def test_pusher_obeys_a_circuit_opened_by_another_pusher(
     """The circuit lives in Redis: what one pusher decided, the claims of every other obey."""
     rig = rig_factory()
     rig.enqueue(3)
-    Circuit(state="open", failures=5, next_probe=clock() + 60).save(rig.r,
-                                                                    rig.box.keys["circuit"])
+    set_circuit(rig.r, "irus", Circuit(state="open", why="down", reason="5 calls failed",
+                                       failures=5, next_probe=clock() + 60))
     assert rig.push() | {"errors": {}} == {"sent": 0, "retried": 0, "failed": 0, "released": 0,
-                                           "circuit": "open", "errors": {}}
+                                           "circuit": "open",
+                                           "paused_reason": "down: 5 calls failed",
+                                           "errors": {}}
     assert gatherer.received == 0 and rig.stats()["in_flight"] == 0
     clock.advance(60)  # a probe is due: one message, then the rest once it got through
     result = rig.push()
     assert (result["sent"], result["circuit"]) == (3, "closed")
-    Circuit(paused_until=clock() + 30).save(rig.r, rig.box.keys["circuit"])
+    set_circuit(rig.r, "irus", Circuit(paused_until=clock() + 30))
     rig.enqueue(2, first_item=300)
     assert rig.push()["sent"] == 0
     clock.advance(31)
     assert rig.push()["sent"] == 2
+
+
+def test_pusher_starts_no_exchange_its_lease_could_not_cover(
+    rig_factory: Any, gatherer: Gatherer, clock: FakeClock
+) -> None:
+    """A slow gatherer (here: the clock moves 3 s per look) must not keep a message past its
+    lease, when another pusher may claim it: what is left when an exchange would end too
+    close to the lease's end goes back to pending, unsent and with no attempt used."""
+    rig = rig_factory(concurrency=1, lease_s=20, deadline_s=2.0)
+    rig.enqueue(10)
+    started = clock()
+    rig.pusher.clock = lambda: clock.advance(3)  # each look at the clock: 3 s later
+    first = rig.pusher.push_once(max_seconds=1)  # one batch, then the pass ends
+    # Claimed at +3, lease until +23; an exchange may start while now + 2 + 4 <= +23.
+    sent_at = [q.time for q in gatherer.requests]
+    assert first.sent == len(sent_at) and 0 < first.sent < 10
+    assert first.released >= 1 and first.failed == first.retried == 0
+    pending = rig.box.messages(i for i, _ in rig.box.ids("pending"))
+    assert len(pending) + first.sent == 10
+    assert all(m.meta.attempts == 0 and m.meta.last_attempt is None for m in pending.values())
+    assert clock() > started
+    rig.pusher.clock = clock
+    assert rig.push()["sent"] == len(pending)  # a new claim, a new lease: the rest goes
+    assert delivered_once(gatherer, 10)

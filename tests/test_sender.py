@@ -193,7 +193,8 @@ def test_send_post_kev_as_form(gatherer: Gatherer) -> None:
 
 def test_send_xml_batch(gatherer: Gatherer, sender: Sender) -> None:
     body = build_xml([ContextEntry(EVENT, HOST)] * 3)
-    assert sender.send_xml_batch(gatherer.url, body).status == 200
+    assert sender.send(gatherer.url, body=body,
+                       content_type="application/xml; charset=utf-8").status == 200
     (req,) = gatherer.requests
     assert req.method == "POST"
     assert req.headers["Content-Type"].startswith("application/xml")
@@ -210,9 +211,19 @@ def test_keep_alive_reuses_connections(gatherer: Gatherer, sender: Sender) -> No
 
 
 def test_redirect_followed_within_http(gatherer: Gatherer, sender: Sender) -> None:
-    gatherer.script([Reply(307, headers={"Location": "/moved/?x=1"})])
-    assert sender.send(kev_url(gatherer)).status == 200
+    url = kev_url(gatherer)
+    gatherer.script([Reply(307, headers={"Location": "/moved/?" + url.split("?", 1)[1]})])
+    assert sender.send(url).status == 200
     assert [r.path for r in gatherer.requests] == ["/counter/", "/moved/"]
+    assert gatherer.requests[0].query == gatherer.requests[1].query == dict(PAIRS)
+
+
+def test_redirect_that_drops_the_query_is_not_delivered(gatherer: Gatherer,
+                                                         sender: Sender) -> None:
+    gatherer.script([Reply(301, headers={"Location": "/moved/"})])
+    err = send_error(sender, kev_url(gatherer))
+    assert not err.retryable and err.status == 301 and "drops the message's query" in err.reason
+    assert [r.path for r in gatherer.requests] == ["/counter/"]  # the 200 there never came
 
 
 def test_redirect_to_non_http_refused(gatherer: Gatherer, sender: Sender) -> None:
@@ -224,9 +235,11 @@ def test_redirect_to_non_http_refused(gatherer: Gatherer, sender: Sender) -> Non
 
 
 def test_redirect_loop_gives_up(gatherer: Gatherer, sender: Sender) -> None:
-    gatherer.set_default(302, headers={"Location": gatherer.url})
-    err = send_error(sender, kev_url(gatherer))
-    assert not err.retryable and "redirects" in err.reason
+    url = kev_url(gatherer)
+    gatherer.set_default(302, headers={"Location": url})
+    err = send_error(sender, url)
+    assert not err.retryable and err.reason.startswith("redirect loop")
+    assert gatherer.received == 1  # back to the URL already visited: stop at once
 
 
 def test_sender_rejects_unknown_method() -> None:

@@ -16,6 +16,7 @@ from pirus_bridge.cli.usage import _month
 from pirus_bridge.config import GathererConfig
 from pirus_bridge.counter import event_to_json
 from pirus_bridge.outbox import Message, Outbox
+from pirus_bridge.redact import redact_url, scrub
 
 
 def _gatherers(app: App, name: str | None) -> list[GathererConfig]:
@@ -71,14 +72,16 @@ def push(app: App, gatherer_name: str | None, once: bool, as_json: bool) -> None
                     wait_for(client, stop=stopping)
                     break
                 AVAILABILITY.ok()
-                results[p.g.name] = r.to_json()
+                results[p.gatherer.name] = r.to_json()
                 if not as_json and (r.sent or r.retried or r.failed or r.released or once):
-                    click.echo(f"{p.g.name}: sent {r.sent}, retry later {r.retried}, "
+                    click.echo(f"{p.gatherer.name}: sent {r.sent}, retry later {r.retried}, "
                                f"failed {r.failed}, held back {r.released}, "
                                f"circuit {r.circuit}")
+                    if r.paused_reason:
+                        click.echo(f"  paused: {r.paused_reason}")
             if once or stop["now"]:
                 break
-            pause = min((p.g.interval_s for p in pushers), default=60)
+            pause = min((p.gatherer.interval_s for p in pushers), default=60)
             for _ in range(int(pause * 10)):
                 if stop["now"]:
                     break
@@ -123,18 +126,32 @@ def outbox_stats(app: App, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    click.echo(f"{'gatherer':<16}{'pending':>10}{'in flight':>11}{'sent':>10}{'failed':>9}"
-               f"{'oldest pending':>16}")
+    click.echo(f"{'gatherer':<16}{'pending':>10}{'in flight':>11}{'waiting':>9}"
+               f"{'retrying':>10}{'sent':>10}{'failed':>9}{'oldest pending':>16}  state")
     for name, s in data.items():
-        click.echo(f"{name:<16}{s['pending']:>10,}{s['in_flight']:>11,}{s['sent']:>10,}"
-                   f"{s['failed']:>9,}{s['oldest_pending_age_s']:>15,.0f}s")
+        state = "paused" if s["paused_reason"] else s["circuit"]
+        click.echo(f"{name:<16}{s['pending']:>10,}{s['in_flight']:>11,}{s['waiting']:>9,}"
+                   f"{s['retrying']:>10,}{s['sent']:>10,}{s['failed']:>9,}"
+                   f"{s['oldest_pending_age_s']:>15,.0f}s  {state}")
+    for name, s in data.items():
+        if s["paused_reason"]:
+            click.echo(f"{name} paused: {s['paused_reason']} (next try in "
+                       f"{s['paused_for_s']:,.0f}s)")
+        elif s["waiting"]:
+            click.echo(f"{name}: {s['waiting']:,} waiting for a retry or a hold to end, the "
+                       f"next due in {s['next_due_in_s']:,.0f}s")
 
 
-def _row(message: Message | None, gatherer: str, msg_id: str, state: str, score: float
-         ) -> dict[str, Any]:
+_METRICS = {"I": "Investigation", "R": "Request"}
+
+
+def _row(message: Message | None, gatherer: str, msg_id: str, state: str, score: float,
+         audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One message as audit commands show it; a delivered one from its audit record (which
+    keeps no client address or User-Agent)."""
     event = message.event if message else None
     meta = message.meta if message else None
-    return {
+    row: dict[str, Any] = {
         "gatherer": gatherer,
         "id": msg_id,
         "state": state,
@@ -144,8 +161,12 @@ def _row(message: Message | None, gatherer: str, msg_id: str, state: str, score:
         "event_time": event.ts if event else None,
         "attempts": meta.attempts if meta else 0,
         "last_status": meta.last_status if meta else None,
-        "last_error": meta.last_error if meta else "",
+        "last_error": scrub(meta.last_error) if meta else "",
     }
+    if event is None and audit:
+        row.update(item=audit.get("i"), metric=_METRICS.get(str(audit.get("m"))),
+                   event_time=audit.get("t"))
+    return row
 
 
 def _rows(app: App, gatherer_name: str | None, state: str, limit: int) -> Iterator[dict]:
@@ -153,8 +174,9 @@ def _rows(app: App, gatherer_name: str | None, state: str, limit: int) -> Iterat
         box = Outbox(app.redis, g.name)
         ids = box.ids(state, limit)
         messages = box.messages(i for i, _ in ids)
+        audit = box.audit(i for i, _ in ids) if state == "sent" else {}
         for msg_id, score in ids:
-            yield _row(messages.get(msg_id), g.name, msg_id, state, score)
+            yield _row(messages.get(msg_id), g.name, msg_id, state, score, audit.get(msg_id))
 
 
 def _print_rows(rows: list[dict], what: str) -> None:
@@ -203,13 +225,22 @@ def _detail(app: App, msg_id: str) -> dict[str, Any]:
 
     box, state, score = _find(app, msg_id)
     message = box.get(msg_id)
-    detail = _row(message, box.gatherer, msg_id, state, score)
+    audit = box.audit([msg_id]).get(msg_id) if state == "sent" else None
+    detail = _row(message, box.gatherer, msg_id, state, score, audit)
+    if audit is not None:
+        detail["oai_identifier"] = audit.get("o")
     if message is not None and message.event is not None:
         detail["event"] = event_to_json(message.event)
-        detail["meta"] = message.meta.__dict__
+        meta = dict(message.meta.__dict__)
+        meta["last_error"] = scrub(meta["last_error"])
+        meta["body_excerpt"] = scrub(meta["body_excerpt"])
+        detail["meta"] = meta
         pusher = Pusher(app.config, app.redis, app.config.gatherers[box.gatherer])
         try:
-            detail["request"] = pusher.render(message.event)
+            request = pusher.render(message.event)
+            request["url"] = redact_url(request["url"])
+            detail["request"] = request
+            detail["route"] = pusher.sender.route(pusher.gatherer.url)
         finally:
             pusher.close()
     return detail
@@ -223,6 +254,9 @@ def _print_detail(d: dict[str, Any]) -> None:
         click.echo(f"  body         {d['meta']['body_excerpt']}")
     if "request" in d:
         click.echo(f"  request      {d['request']['method']} {d['request']['url']}")
+        if "request" in d["request"]:  # a Matomo tracking request, sent in a bulk body
+            click.echo(f"  tracking     {d['request']['request']}")
+        click.echo(f"  route        {d['route']}")
 
 
 @outbox.command("show")
