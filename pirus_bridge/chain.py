@@ -245,7 +245,7 @@ class Recorder:
             for g in gatherers:
                 if qualifies(g, event):
                     if body is None:
-                        body = message_json(event)
+                        body = message_json(event, enqueued=now)
                     bodies.append(body)
                 else:
                     bodies.append("")

@@ -269,7 +269,8 @@ class CountBatch:
         self._gatherer_keys: list[str] = []
         for g in gatherers:
             self._gatherer_keys += [keys.outbox(g, part) for part in OUTBOX_PARTS]
-            self._gatherer_keys.append(keys.outbox_held(g, hold or "-"))
+            self._gatherer_keys += (keys.outbox_held(g, hold or "-"), keys.outbox(g, "meta"),
+                                    keys.outbox(g, "retry"))
         self._items: dict[str, int] = {}  # item -> 1-based number
         self._item_keys: list[str] = []
         self._item_ids: list[str] = []

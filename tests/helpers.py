@@ -79,13 +79,24 @@ def snapshot(r: redis.Redis, patterns: tuple[str, ...] = ("c:*", "dly:*", "u:*",
         fetch[kind](k)
     out: dict[str, Any] = {}
     for (k, kind), v in zip(kept, pipe.execute(), strict=True):
-        if kind == "hash":
+        if kind == "hash" and k.endswith(b":msg"):  # message bodies, without their enqueue time
+            out[k.decode()] = {f.decode(): _without_enqueue_time(x) for f, x in v.items()}
+        elif kind == "hash":
             out[k.decode()] = {f.decode(): x.decode() for f, x in v.items()}
         elif kind == "string":
             out[k.decode()] = v.decode()
         else:
             out[k.decode()] = sorted(m.decode() for m in v)
     return out
+
+
+def _without_enqueue_time(body: bytes) -> str:
+    """A message body as it compares across runs: ``q`` (when it was enqueued) left out."""
+    import json
+
+    data = json.loads(body)
+    data.pop("q", None)
+    return json.dumps(data, sort_keys=True)
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from pirus_bridge import keys
 from pirus_bridge.circuit import Circuit
 from pirus_bridge.config import Config
 from pirus_bridge.counter import event_to_json
@@ -214,8 +215,8 @@ def test_outbox_stats_shape_and_oldest_pending_age(
     cfg: Config, r: redis.Redis, box: Outbox, tmp_path: Path
 ) -> None:
     enqueue(cfg, r, tmp_path, 3)
-    oldest_due = box.ids("pending", 1)[0][1]
-    stats = box.stats(oldest_due + 90)
+    enqueued = min(json.loads(body)["q"] for body in r.hvals(keys.outbox("irus", "msg")))
+    stats = box.stats(enqueued + 90)
     assert list(stats) == [*SPEC_STATS_KEYS, "waiting", "next_due_in_s", "retrying", "circuit",
                            "paused_reason", "paused_for_s"]
     assert stats["pending"] == 3 and stats["oldest_pending_age_s"] == 90.0
@@ -232,8 +233,9 @@ def test_outbox_backlog_age_counts_from_enqueue_through_backoff(
 ) -> None:
     """A message in backoff is due in the future; its age still counts from its enqueue."""
     enqueue(cfg, r, tmp_path, 2)
-    enqueued = box.ids("pending", 1)[0][1]
-    t0 = enqueued + 5
+    due = box.ids("pending", 1)[0][1]
+    enqueued = min(json.loads(body)["q"] for body in r.hvals(keys.outbox("irus", "msg")))
+    t0 = due + 5
     first, second = box.claim(2, 60, now=t0)
     settle(box, "retry", first, t0, due=t0 + 3600, meta=DeliveryMeta(attempts=1))
     settle(box, "sent", second, t0)
@@ -453,3 +455,28 @@ def test_outbox_claim_of_thousands_and_missing_bodies(r: redis.Redis, box: Outbo
     assert r.zcard(box.keys["pending"]) == 0
     assert r.zcard(box.keys["inflight"]) == 2499
     assert set(r.zrange(box.keys["inflight"], 0, -1, withscores=True)[-1:]) == {(b"m02499", 62.0)}
+
+
+def test_a_superseded_message_that_was_tried_leaves_no_history(
+    cfg: Config, r: redis.Redis, box: Outbox
+) -> None:
+    """A pending message in backoff is withdrawn by the counting script when a later click of
+    the same user on the same URL takes its action: its retry and meta entries go too."""
+    from pirus_bridge.chain import build
+    from tests.helpers import clf
+
+    stages = build(cfg, r)
+    first = stages.chain.sort([clf("14/Oct/2026:10:00:00 +0000", "/1234/")], "").events
+    pipe = r.pipeline(transaction=True)
+    stages.recorder.prepare(pipe, first)
+    pipe.execute()
+    [message] = box.claim(1, 60, now=time.time() + 3600)
+    settle(box, "retry", message, time.time(), due=time.time() + 7200,
+           meta=DeliveryMeta(attempts=1))
+    assert r.hexists(box.keys["meta"], message.id) and r.zcard(box.keys["retry"]) == 1
+    later_click = stages.chain.sort([clf("14/Oct/2026:10:00:20 +0000", "/1234/")], "").events
+    pipe = r.pipeline(transaction=True)
+    stages.recorder.prepare(pipe, later_click)
+    pipe.execute()
+    assert not r.hexists(box.keys["meta"], message.id) and r.zcard(box.keys["retry"]) == 0
+    assert r.zcard(box.keys["pending"]) == 1 and not r.hexists(box.keys["msg"], message.id)

@@ -25,8 +25,8 @@
 -- gap is at most the window; the action is then the later day's. A chain is one action, at its
 -- last click.
 --
--- KEYS  6 per gatherer: ob:{g}:msg, :pending, :sent, :failed, :stats, :held (held: with ARGV
---         holding = 1, the run's messages not yet final, by event time)
+-- KEYS  8 per gatherer: ob:{g}:msg, :pending, :sent, :failed, :stats, :held (held: with ARGV
+--         holding = 1, the run's messages not yet final, by event time), :meta, :retry
 --       then 2 per day: vol:<day>, acct:<month>
 --       then 6 per item: c:, dly:, dv:, dd:, t:views:, t:dls:
 --       then 1 per day hash <day>:{item}
@@ -62,7 +62,8 @@ local nitems = tonumber(ARGV[6])
 local nhashes = tonumber(ARGV[7])
 local limit = tonumber(ARGV[8])
 local hold = tonumber(ARGV[9])
-local vbase = ngatherers * 6              -- KEYS[vbase + (d-1)*2 + 1] is day d's vol:
+local GK = 8                              -- keys per gatherer
+local vbase = ngatherers * GK             -- KEYS[vbase + (d-1)*2 + 1] is day d's vol:
 local ibase = vbase + ndays * 2           -- KEYS[ibase + (i-1)*6 + 1] is item i's c:
 local hbase = ibase + nitems * 6          -- KEYS[hbase + h] is hash h
 local dargs = 9                           -- ARGV[dargs + (d-1)*7 + 1] starts day d
@@ -116,7 +117,7 @@ end
 -- no sent/failed sets yet: look once, not once per message.
 local delivered = {}
 for g = 0, ngatherers - 1 do
-  delivered[g] = redis.call('EXISTS', KEYS[g * 6 + 3], KEYS[g * 6 + 4]) > 0
+  delivered[g] = redis.call('EXISTS', KEYS[g * GK + 3], KEYS[g * GK + 4]) > 0
 end
 local qualified = {} -- gatherer -> {month -> change} (HINCRBY once at the end)
 
@@ -282,7 +283,7 @@ local function withdraw(hh, sec, seg_client, request, kind, user, field, covered
   end
   local id = action_id(hh.id, field, hh.day.start + sec)
   for g = 0, ngatherers - 1 do
-    local ob = g * 6
+    local ob = g * GK
     local mine = fresh[g][id]
     if mine then -- enqueued earlier in this call: its ZADD has not been issued yet
       fresh[g][id] = nil
@@ -291,6 +292,8 @@ local function withdraw(hh, sec, seg_client, request, kind, user, field, covered
       net[g + 1] = net[g + 1] - 1
     elseif redis.call('ZREM', KEYS[ob + 2], id) == 1 then
       redis.call('HDEL', KEYS[ob + 1], id)
+      redis.call('HDEL', KEYS[ob + 7], id) -- a message tried before keeps a history
+      redis.call('ZREM', KEYS[ob + 8], id)
       if holding then
         redis.call('ZREM', KEYS[ob + 6], id)
       end
@@ -574,7 +577,7 @@ for e = 0, nclicks - 1 do
           mdue = tostring(info.start + DAY + hold) -- the volume rule decides at the day's end
         end
         for g = 0, ngatherers - 1 do
-          local ob = g * 6
+          local ob = g * GK
           local body = ARGV[a + 2 + g]
           if body ~= '' and not (covered and covered[g]) and not fresh[g][id]
              and (not delivered[g]
@@ -621,14 +624,14 @@ for g = 0, ngatherers - 1 do
       held[#held + 1] = id
     end
   end
-  each_chunk(pending, function(...) redis.call('ZADD', KEYS[g * 6 + 2], ...) end)
-  each_chunk(held, function(...) redis.call('ZADD', KEYS[g * 6 + 6], ...) end)
+  each_chunk(pending, function(...) redis.call('ZADD', KEYS[g * GK + 2], ...) end)
+  each_chunk(held, function(...) redis.call('ZADD', KEYS[g * GK + 6], ...) end)
 end
 
 for g, months in pairs(qualified) do
   for month, n in pairs(months) do
     if n ~= 0 then
-      redis.call('HINCRBY', KEYS[g * 6 + 5], 'qualified:' .. month, n)
+      redis.call('HINCRBY', KEYS[g * GK + 5], 'qualified:' .. month, n)
     end
   end
 end
