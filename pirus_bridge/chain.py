@@ -10,6 +10,7 @@ counting writes) touches Redis only through the pipeline it is given.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,7 @@ class Lines:
     events: list[UsageEvent]
 
 
+_TS = operator.attrgetter("ts")
 RECENT_LINES = 20_000  # usage lines remembered for telling a second copy from a replay
 
 
@@ -129,9 +131,10 @@ class Chain:
     def sort(self, texts: Sequence[str], default_month: str) -> Lines:
         """Parse, classify and map a run of lines. ``default_month`` is the month of lines
         without a timestamp when none of the run has one (the caller's latest)."""
-        parse = self.parser.parse
-        records = [parse(t) for t in texts]
-        stamps = [rec.ts for rec in records if rec is not None and rec is not SKIPPED]
+        records = list(map(self.parser.parse, texts))
+        stamps = list(map(_TS, filter(None, records)))  # C loops: this runs for every line
+        if stamps and not min(stamps):  # SKIPPED lines (time 0) have no month
+            stamps = [t for t in stamps if t]
         if stamps and utc_month(min(stamps)) != utc_month(max(stamps)):
             runs = _month_runs(records)
         else:

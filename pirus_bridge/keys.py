@@ -59,9 +59,10 @@ Processing
                                     head and tail digests; ``pirus_bridge.checkpoint``)
     ``ingest:<id>:lock``            string: the lease of the run reading such a stream
     ``vol:<YYYY-MM-DD>``            hash: the volume rule's count of each user's usage lines that
-                                    day (field ``<user>``; past the limit: excluded) and the
-                                    items they were on (fields ``i:<user>:<item>``); expires
+                                    day (field ``<user>``; past the limit: excluded); expires
                                     with the day's dedupe state
+    ``vol:<YYYY-MM-DD>:items``      set: the items with usage that day (where an excluded user's
+                                    lines are looked for), same expiry
     ``park:<kind>:{<id>}``          list: usage events (JSON, raw address and agent included)
                                     waiting for the metadata provider to answer ``<kind>``
                                     about ``<id>`` (``pirus_bridge.parking``); expires once
@@ -224,6 +225,11 @@ def parked(kind: str, key: str) -> str:
 def volume(day: str) -> str:
     """``vol:<YYYY-MM-DD>``: each user's usage lines of the day, for the volume rule."""
     return f"vol:{day}"
+
+
+def volume_items(day: str) -> str:
+    """``vol:<YYYY-MM-DD>:items``: the items with usage that day (the volume rule)."""
+    return f"vol:{day}:items"
 
 
 def accounting(month: str) -> str:

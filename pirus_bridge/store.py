@@ -328,7 +328,8 @@ class CountBatch:
             name, month = self.store._day(day)
             self._day_args += (day, name, month, day_state_ttl(day, self.now, self.store.grace_s),
                                self.store._day(day + 1)[0], *self.store._day(day - 1))
-            self._day_keys += (keys.volume(name), keys.accounting(month))
+            self._day_keys += (keys.volume(name), keys.accounting(month),
+                               keys.volume_items(name))
             d = self._days[day] = len(self._days) + 1
         self._hash_keys.append(self.store._day_key(item, day))
         self._hash_args += (d, n)

@@ -17,17 +17,18 @@
 --   n:<user>              usage lines of the user on the item that day (the volume rule)
 --   _                     the hash exists, so it has its TTL
 -- Volume rule (bots.volume): vol:<day> counts each user's usage lines of the UTC day (field
--- <user>) and names the items they were on (fields i:<user>:<item>). A user that passes the
--- limit is excluded for the whole day: every action of theirs that day is taken back, their
--- lines move to the month's robots ('bot:volume' of acct:<month>), and later lines of theirs
--- that day (their count is then past the limit) count there directly.
+-- <user>); vol:<day>:items names the items with usage that day, and each item's day hash
+-- the user's lines on it (n:<user>). A user that passes the limit is excluded for the whole
+-- day: every action of theirs that day is taken back, their lines move to the month's robots
+-- ('bot:volume' of acct:<month>), and later lines of theirs that day (their count is then
+-- past the limit) count there directly.
 -- Chains cross midnight: a day's last chain continues into the next day's first chain when the
 -- gap is at most the window; the action is then the later day's. A chain is one action, at its
 -- last click.
 --
 -- KEYS  8 per gatherer: ob:{g}:msg, :pending, :sent, :failed, :stats, :held (held: with ARGV
 --         holding = 1, the run's messages not yet final, by event time), :meta, :retry
---       then 2 per day: vol:<day>, acct:<month>
+--       then 3 per day: vol:<day>, acct:<month>, vol:<day>:items
 --       then 6 per item: c:, dly:, dv:, dd:, t:views:, t:dls:
 --       then 1 per day hash <day>:{item}
 --       (an excluded user's other items are reached by name: keys.py names them the same way)
@@ -63,8 +64,8 @@ local nhashes = tonumber(ARGV[7])
 local limit = tonumber(ARGV[8])
 local hold = tonumber(ARGV[9])
 local GK = 8                              -- keys per gatherer
-local vbase = ngatherers * GK             -- KEYS[vbase + (d-1)*2 + 1] is day d's vol:
-local ibase = vbase + ndays * 2           -- KEYS[ibase + (i-1)*6 + 1] is item i's c:
+local vbase = ngatherers * GK             -- KEYS[vbase + (d-1)*3 + 1] is day d's vol:
+local ibase = vbase + ndays * 3           -- KEYS[ibase + (i-1)*6 + 1] is item i's c:
 local hbase = ibase + nitems * 6          -- KEYS[hbase + h] is hash h
 local dargs = 9                           -- ARGV[dargs + (d-1)*7 + 1] starts day d
 local iargs = dargs + ndays * 7           -- ARGV[iargs + i] is item i's id
@@ -92,8 +93,9 @@ for d = 1, ndays do
   info.ttl = ARGV[a + 4]
   info.next = ARGV[a + 5]
   info.prev = day_info(info.start - DAY, ARGV[a + 6], ARGV[a + 7])
-  info.vol = KEYS[vbase + (d - 1) * 2 + 1]
-  info.acct = KEYS[vbase + (d - 1) * 2 + 2]
+  info.vol = KEYS[vbase + (d - 1) * 3 + 1]
+  info.acct = KEYS[vbase + (d - 1) * 3 + 2]
+  info.items = KEYS[vbase + (d - 1) * 3 + 3]
   days[d] = info
 end
 
@@ -329,23 +331,9 @@ end
 -- back, and the double-click lines that are no longer double-clicks.
 local function exclude(user, kind, info)
   local lines, dI, dR, ddc = 0, 0, 0, 0
-  local items, seen_items = {}, {}
-  local prefix = 'i:' .. user .. ':'
-  local cursor = '0'
-  repeat
-    local page = redis.call('HSCAN', info.vol, cursor, 'MATCH', prefix .. '*', 'COUNT', 1000)
-    cursor = page[1]
-    for j = 1, #page[2], 2 do
-      local name = page[2][j]
-      if not seen_items[name] then
-        seen_items[name] = true
-        items[#items + 1] = string.sub(name, #prefix + 1)
-        redis.call('HDEL', info.vol, name)
-      end
-    end
-  until cursor == '0'
   local covered = {}
-  for _, item in ipairs(items) do
+  -- the items of the day on which the user has lines (rare: no index of its own is kept)
+  for _, item in ipairs(redis.call('SMEMBERS', info.items)) do
     local hh = item_hash(info, item)
     local n = tonumber(redis.call('HGET', hh.key, 'n:' .. user)) or 0
     local actions = 0
@@ -457,8 +445,9 @@ for e = 0, nclicks - 1 do
       local lines
       lines, vdI, vdR, vdd = exclude(user, kind, info)
       volume = lines + 1
-    elseif not seen[6] then -- the user's first line on this item that day
-      redis.call('HSET', info.vol, 'i:' .. user .. ':' .. hh.id, ONE)
+    end
+    if not seen[3] and redis.call('SADD', info.items, hh.id) == 1 then
+      redis.call('EXPIRE', info.items, info.ttl)
     end
   end
   if seen[1] then
