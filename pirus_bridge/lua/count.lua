@@ -397,6 +397,7 @@ local function exclude(user, kind, info)
   return lines, dI, dR, ddc
 end
 
+local volume_days = {} -- days whose volume keys this call wrote: their TTL is set once, at the end
 local out = {}
 local function reply(dI, dR, dd, robots)
   out[#out + 1] = dI
@@ -436,9 +437,7 @@ for e = 0, nclicks - 1 do
   local vdI, vdR, vdd = 0, 0, 0
   if not seen[1] and limit > 0 then
     local n = redis.call('HINCRBY', info.vol, user, ONE)
-    if n == 1 then
-      redis.call('EXPIRE', info.vol, info.ttl)
-    end
+    volume_days[info] = true
     if n > limit + 1 then -- excluded already
       volume = 1
     elseif n > limit then -- this line passes the limit
@@ -446,8 +445,8 @@ for e = 0, nclicks - 1 do
       lines, vdI, vdR, vdd = exclude(user, kind, info)
       volume = lines + 1
     end
-    if not seen[3] and redis.call('SADD', info.items, hh.id) == 1 then
-      redis.call('EXPIRE', info.items, info.ttl)
+    if not seen[3] then
+      redis.call('SADD', info.items, hh.id)
     end
   end
   if seen[1] then
@@ -595,6 +594,11 @@ for e = 0, nclicks - 1 do
       reply(da, 0, dd, 0)
     end
   end
+end
+
+for info in pairs(volume_days) do
+  redis.call('EXPIRE', info.vol, info.ttl)
+  redis.call('EXPIRE', info.items, info.ttl)
 end
 
 -- Issue the gathered ZADDs (unpack is given at most 500 values at a time: Lua's stack limit).
