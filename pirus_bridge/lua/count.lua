@@ -222,30 +222,29 @@ local function daily_unique(hh, request, delta)
   end
 end
 
+-- A Total metric moves by delta, and its Unique metric when the session's count of actions
+-- (field of the day hash) becomes one or reaches zero.
+local function tally(key, field, metrics, total, unique, delta)
+  redis.call('HINCRBY', metrics, total, delta)
+  local n = redis.call('HINCRBY', key, field, delta)
+  if n == 1 and delta > 0 then
+    redis.call('HINCRBY', metrics, unique, 1)
+  elseif n <= 0 then
+    redis.call('HDEL', key, field)
+    redis.call('HINCRBY', metrics, unique, -1)
+  end
+end
+
 -- The effects of one action (at second sec of hash hh's day) appearing (+1) or going (-1).
 local function apply(hh, sec, request, session, client, delta)
   local key, info = hh.key, hh.day
   local metrics = hh.c
-  redis.call('HINCRBY', metrics, info.TII, delta)
-  local n = redis.call('HINCRBY', key, 'I:' .. session, delta)
-  if n == 1 and delta > 0 then
-    redis.call('HINCRBY', metrics, info.UII, 1)
-  elseif n <= 0 then
-    redis.call('HDEL', key, 'I:' .. session)
-    redis.call('HINCRBY', metrics, info.UII, -1)
-  end
+  tally(key, 'I:' .. session, metrics, info.TII, info.UII, delta)
   if request then
-    redis.call('HINCRBY', metrics, info.TIR, delta)
-    n = redis.call('HINCRBY', key, 'R:' .. session, delta)
-    if n == 1 and delta > 0 then
-      redis.call('HINCRBY', metrics, info.UIR, 1)
-    elseif n <= 0 then
-      redis.call('HDEL', key, 'R:' .. session)
-      redis.call('HINCRBY', metrics, info.UIR, -1)
-    end
+    tally(key, 'R:' .. session, metrics, info.TIR, info.UIR, delta)
   end
   local kind = request and 'd:' or 'v:'
-  n = redis.call('HINCRBY', key, kind .. client, delta)
+  local n = redis.call('HINCRBY', key, kind .. client, delta)
   if n == 1 and delta > 0 then
     daily_unique(hh, request, 1)
   elseif n <= 0 then
