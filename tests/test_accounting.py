@@ -84,7 +84,8 @@ def test_accounting_cli_json(tmp_path: Path, redis_url: str, r: redis.Redis) -> 
     out = runner.invoke(cli, ["--config", str(config), "accounting", "--month", "2026-10",
                               "--json"])
     assert out.exit_code == 0
-    assert json.loads(out.stdout) == month_accounting(r, "2026-10")
+    assert json.loads(out.stdout) == {**month_accounting(r, "2026-10"),
+                                      "undeliverable": {"investigations": 0, "requests": 0}}
     bad = runner.invoke(cli, ["--config", str(config), "accounting", "--month", "2026-13"])
     assert bad.exit_code == 2
 
@@ -196,3 +197,22 @@ def test_accounting_names_actions_no_gatherer_can_be_sent(tmp_path: Path, redis_
     assert unidentified(r, "2026-10") == {"investigations": 1, "requests": 1}
     category, reason = explain(redis_url, r, lines[0], repository=dspace7)
     assert category == "usage" and "cannot be delivered" in reason
+    # the accounting and reconcile commands say so too
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({
+        "redis": {"url": redis_url},
+        "repository": {**dspace7, "mapping": dspace7["mapping"]},
+        "gatherers": {"irus": {"url": "http://127.0.0.1:9/counter/",
+                               "metrics": ["investigation", "request"]}},
+    }))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["--config", str(config), "accounting", "--month", "2026-10",
+                              "--json"])
+    assert json.loads(out.stdout)["undeliverable"] == {"investigations": 1, "requests": 1}
+    for command in (["accounting", "--month", "2026-10"], ["reconcile", "--month", "2026-10"]):
+        out = runner.invoke(cli, ["--config", str(config), *command])
+        assert out.exit_code == 0, out.output
+        assert ("1 investigation(s) and 1 request(s) are of items without an OAI identifier"
+                in out.stdout), out.stdout
+    other = runner.invoke(cli, ["--config", str(config), "reconcile", "--month", "2026-09"])
+    assert other.exit_code == 0 and "OAI identifier" not in other.stdout

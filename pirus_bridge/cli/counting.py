@@ -23,10 +23,10 @@ def accounting(app: App, month: str, as_json: bool) -> None:
     from pirus_bridge.accounting import month_accounting, unidentified
 
     data = month_accounting(app.redis, month)
-    if as_json:
-        emit_json(data)
-        return
     lost = unidentified(app.redis, month)
+    if as_json:
+        emit_json({**data, "undeliverable": lost})
+        return
     rows = [("lines", data["lines"]), ("unparsed", data["unparsed"]),
             ("robots", data["robots"])]
     rows += [(f"  {source.replace('_', ' ')}", n)
@@ -39,10 +39,18 @@ def accounting(app: App, month: str, as_json: bool) -> None:
     width = max(len(label) for label, _ in rows)
     for label, n in rows:
         click.echo(f"  {label:<{width}}  {n:>12,}")
-    if lost["investigations"] or lost["requests"]:
-        click.echo(f"note: {lost['investigations']:,} investigation(s) and "
-                   f"{lost['requests']:,} request(s) are of items without an OAI identifier: "
-                   "counted, but no gatherer can be sent them (see `explain` and docs/mappings.md)")
+    note = undeliverable_note(lost)
+    if note:
+        click.echo(note)
+
+
+def undeliverable_note(lost: dict[str, int]) -> str | None:
+    """The sentence about a month's actions that no gatherer can be sent, if there are any."""
+    if not (lost["investigations"] or lost["requests"]):
+        return None
+    return (f"note: {lost['investigations']:,} investigation(s) and {lost['requests']:,} "
+            "request(s) are of items without an OAI identifier: counted, but no gatherer can "
+            "be sent them (see `explain` and docs/mappings.md)")
 
 
 @click.command()

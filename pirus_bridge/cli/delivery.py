@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from pirus_bridge.accounting import unidentified
 from pirus_bridge.cli.app import App, emit_json, json_option, pass_app, wait_for_redis
+from pirus_bridge.cli.counting import undeliverable_note
 from pirus_bridge.cli.usage import _month
 from pirus_bridge.config import GathererConfig
 from pirus_bridge.counter import event_to_json
@@ -371,6 +373,9 @@ def reconcile(app: App, month: str, as_json: bool) -> None:
     for name, c in data.items():
         click.echo(f"         {name:<16}{c['qualified']:>11,}{c['sent']:>10,}{c['failed']:>9,}"
                    f"{c['pending']:>10,}")
+    note = undeliverable_note(unidentified(app.redis, month))
+    if note:
+        click.echo(note)
 
 
 COMMANDS = [push, outbox, failed, reconcile]
