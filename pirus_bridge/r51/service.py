@@ -16,7 +16,13 @@ from pirus_bridge.config import Config
 from pirus_bridge.r51.items import Describer
 from pirus_bridge.r51.reader import UsageReader
 from pirus_bridge.r51.report import Availability, Provider, item_report
-from pirus_bridge.r51.request import IrRequest, last_ready_month, month_key, parse_month
+from pirus_bridge.r51.request import (
+    IrRequest,
+    last_ready_month,
+    month_key,
+    months_between,
+    parse_month,
+)
 
 
 def default_platform_id(host: str) -> str:
@@ -85,7 +91,9 @@ class ReportService:
         avail = self.availability()
         months = [month_key(m) for m in req.months()
                   if m <= avail.last_ready and (avail.first is None or m >= avail.first)]
-        usage = self.reader.usage(months, self.describer) if months else []
+        span = (len(months_between(avail.first, avail.last_ready))
+                if avail.first is not None and avail.first <= avail.last_ready else None)
+        usage = self.reader.usage(months, self.describer, span) if months else []
         return item_report(req, usage, self.provider, avail, self.now())
 
     def today(self) -> dt.date:
