@@ -27,6 +27,8 @@ from collections import defaultdict
 
 import redis
 
+from pirus_bridge.keys import day_of_number
+
 CHUNK = 500
 CODES = ("TII", "UII", "TIR", "UIR", "DC")
 
@@ -74,7 +76,8 @@ def _seed_facts(pipe_replies: list) -> tuple[dict, dict, set, set, int, int]:
     metrics, dly, dv, dd, tv, td = pipe_replies
     return ({_text(k): int(v) for k, v in metrics.items()},
             {_text(k): int(v) for k, v in dly.items()},
-            {_text(m) for m in dv}, {_text(m) for m in dd}, int(tv or 0), int(td or 0))
+            {day_of_number(m) for m in dv}, {day_of_number(m) for m in dd}, int(tv or 0),
+            int(td or 0))
 
 
 def _read_seed(r: redis.Redis, items: list[str]) -> list[tuple[dict, dict, set, set, int, int]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from pirus_bridge import keys
 from pirus_bridge.counter import DAY, Click, Hasher, reference_counts
 from pirus_bridge.events import MetricType, UsageEvent
 from pirus_bridge.ingest import Ingester, IngestSummary
@@ -255,8 +256,12 @@ def test_daily_unique_series_and_seed_keys(tmp_path: Path, redis_url: str, r: re
         "2026-10-14": {"views": 2, "downloads": 1},
         "2026-10-15": {"views": 1, "downloads": 0},
     }
-    assert r.smembers("dv:{1234}") == {b"2026-10-14", b"2026-10-15"}
-    assert r.smembers("dd:{1234}") == {b"2026-10-14"}
+    # the seed's date sets hold day numbers, which Redis keeps compactly as an intset
+    assert {keys.day_of_number(d) for d in r.smembers("dv:{1234}")} == {
+        "2026-10-14", "2026-10-15"}
+    assert r.smembers("dd:{1234}") == {str(keys.day_number("2026-10-14")).encode()}
+    assert r.object("encoding", "dv:{1234}") == b"intset"
+    assert keys.day_number("2026-10-14") == calendar.timegm((2026, 10, 14, 0, 0, 0)) // DAY
     assert int(r.get("t:views:{1234}") or 0) == 3
     assert r.sismember("objectitems", "1234")
     # client identities in dedupe state are salted hashes, never raw addresses; the seed's
@@ -329,7 +334,7 @@ def test_a_chain_across_midnight_is_counted_on_the_later_day(
     s = ingest_lines(tmp_path, redis_url, lines)
     assert (s.investigations, s.double_clicks) == (2, 1)
     assert UsageStore(r).item_daily("1234") == {"2026-10-15": {"views": 1, "downloads": 0}}
-    assert r.smembers("dv:{1234}") == {b"2026-10-15"}
+    assert {keys.day_of_number(d) for d in r.smembers("dv:{1234}")} == {"2026-10-15"}
     assert metrics(r)["Unique_Item_Investigations"] == 2  # hour slices 00 and 10
 
 

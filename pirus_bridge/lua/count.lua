@@ -80,7 +80,7 @@ local DAY = 86400
 -- A day's strings and the hash fields of its month's COUNTER metrics.
 local function day_info(start, day, month)
   return {
-    start = start, day = day, month = month,
+    start = start, day = day, month = month, num = string.format('%d', start / DAY),
     TII = month .. ':TII', UII = month .. ':UII', TIR = month .. ':TIR', UIR = month .. ':UIR',
     DC = month .. ':DC', v = day .. ':v', d = day .. ':d',
   }
@@ -201,7 +201,8 @@ local function action_id(item, field, t)
 end
 
 -- The seed's rule: one per client per item per day, into dly:, dv|dd: and t:views|dls:; a
--- client's first action of the day on the item (+1), or its last one withdrawn (-1).
+-- client's first action of the day on the item (+1), or its last one withdrawn (-1). The date
+-- sets hold day numbers (days since 1970-01-01): Redis keeps a set of integers as an intset.
 local function daily_unique(hh, request, delta)
   local info = hh.day
   local field, dates, total = info.v, hh.dv, hh.tv
@@ -210,13 +211,13 @@ local function daily_unique(hh, request, delta)
   end
   if delta > 0 then
     if redis.call('HINCRBY', hh.dly, field, 1) == 1 then
-      redis.call('SADD', dates, info.day)
+      redis.call('SADD', dates, info.num)
     end
     redis.call('INCR', total)
   else
     if redis.call('HINCRBY', hh.dly, field, -1) <= 0 then
       redis.call('HDEL', hh.dly, field)
-      redis.call('SREM', dates, info.day)
+      redis.call('SREM', dates, info.num)
     end
     redis.call('DECR', total)
   end
