@@ -97,11 +97,11 @@ def main() -> None:
                 r.flushall()
                 rcpu0 = redis_cpu(r)
                 wall, cpu = run_ingests(todo, env)
+                rcpu = redis_cpu(r) - rcpu0
                 lines = args.lines * len(todo)
-                sides[side].append((lines / wall, cpu / lines * 1e6,
-                                    (redis_cpu(r) - rcpu0) / lines * 1e6))
+                sides[side].append((lines / wall, cpu / lines * 1e6, rcpu / lines * 1e6))
                 print(f"run {run} {side:>8}: {lines / wall:9,.0f} lines/s ({wall:.2f} s wall), "
-                      f"ingest CPU {cpu:.2f} s, redis CPU {redis_cpu(r) - rcpu0:.2f} s, "
+                      f"ingest CPU {cpu:.2f} s, redis CPU {rcpu:.2f} s, "
                       f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
         print()

@@ -35,8 +35,8 @@ Counting (all item-tagged)
                                     DC: the month's usage lines superseded as double-clicks)
     ``dly:{item}``                  hash: daily-unique series, fields ``YYYY-MM-DD:v`` / ``:d``
     ``dv:{item}`` / ``dd:{item}``   sets of the days the item was viewed / downloaded (seed),
-                                    as day numbers (:func:`day_number`: an intset, ~5-50 B a
-                                    day, where date strings cost ~60-230 B)
+                                    as day numbers (:func:`day_number`: an intset, ~5-100 B a
+                                    day by the set's size, where date strings cost ~60-230 B)
     ``t:views:{item}`` / ``t:dls:{item}``  all-time daily-unique totals (seed)
     ``YYYY-MM-DD:{item}``           hash: all dedupe state of the item on that UTC day (the
                                     seed's per-day client sets, folded into one small hash that
